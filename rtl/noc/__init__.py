@@ -1,0 +1,1 @@
+"""Network-on-chip blocks: flits, router, mesh, network interface (issue 6)."""

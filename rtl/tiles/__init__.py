@@ -1,0 +1,1 @@
+"""Compute tile blocks: MAC array, unpack, dequant, vector unit, SRAM (issues 3-8)."""

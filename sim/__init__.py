@@ -1,0 +1,1 @@
+"""NumPy golden models and Python reference models."""

@@ -1,0 +1,1 @@
+"""Yosys / nextpnr synthesis flows and SymbiYosys formal flow."""

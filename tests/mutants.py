@@ -1,0 +1,30 @@
+"""Deliberately broken blocks: each test suite and proof must catch them.
+
+A mutant has the same signature as the block it breaks, so the same testbench and the same
+formal spec run against it unchanged; a suite that passes a mutant is not testing anything.
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+
+from rtl.fifo import StreamFIFO
+
+
+class OverrunFIFO(StreamFIFO):
+    """A FIFO that claims to be ready when full: the payload offered then is silently lost.
+
+    This is the classic ready/valid bug (``ready`` wired high, or an off-by-one in the full
+    test), one that only shows when the consumer stalls long enough to fill the buffer.
+    """
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = StreamFIFO(self.shape, self.depth, buffered=self.buffered)
+        wiring.connect(m, wiring.flipped(self.o), inner.o)
+        m.d.comb += [
+            inner.i.payload.eq(self.i.payload),
+            inner.i.valid.eq(self.i.valid),
+            self.i.ready.eq(1),
+            self.level.eq(inner.level),
+        ]
+        return m
