@@ -1,6 +1,6 @@
 """Round-robin arbiter: output ports of the NoC router, bank ports of the SRAM."""
 
-from amaranth.hdl import Assert, Const, Module, Mux, Signal
+from amaranth.hdl import Assert, Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,7 +11,7 @@ __all__ = ["RoundRobinArbiter"]
 class RoundRobinArbiter(wiring.Component):
     """Grants one of ``count`` requesters at a time, in round-robin order.
 
-    The arbiter keeps one register, the requester with the highest priority. The grant is the
+    The arbiter keeps one register, which requesters come at or after the highest priority. The grant is the
     first requester at or after it, wrapping around; it is combinational, so a requester can be
     granted in the cycle it first requests. When the holder of the grant is served (``advance``
     high) priority moves to the requester after it; while it is not served the grant stays with
@@ -63,15 +63,21 @@ class RoundRobinArbiter(wiring.Component):
         m = Module()
 
         n = self._count
-        priority = Signal(range(n))
+        everyone = Const((1 << n) - 1, n)
+        # Priority as a thermometer mask (bit k set: requester k is at or after the highest
+        # priority) rather than an index, so no shifter sits on the grant path.
+        eligible = Signal(n, init=everyone.value)
 
-        # Requesters at or after `priority`; the lowest set bit of those wins, and if there are
-        # none, the lowest set bit of all requests (the search wraps around).
+        # The lowest requester among the eligible ones wins; if none is eligible the search
+        # wraps around to the lowest requester of all.
         at_or_after = Signal(n)
-        m.d.comb += at_or_after.eq(self.requests & (Const((1 << n) - 1, n) << priority)[:n])
+        m.d.comb += at_or_after.eq(self.requests & eligible)
         candidates = Signal(n)
         m.d.comb += candidates.eq(Mux(at_or_after.any(), at_or_after, self.requests))
-        m.d.comb += self.grant.eq(candidates & (~candidates + 1)[:n])
+        # Lowest set bit by prefix-OR rather than `c & -c`: on FPGAs a short carry chain is
+        # slower than a LUT tree.
+        for k in range(n):
+            m.d.comb += self.grant[k].eq(candidates[k] & ~candidates[:k].any())
 
         for i in range(n):
             with m.If(self.grant[i]):
@@ -80,12 +86,15 @@ class RoundRobinArbiter(wiring.Component):
 
         with m.If(self.valid):
             with m.If(self.advance):
-                m.d.sync += priority.eq(Mux(self.index == n - 1, 0, self.index + 1))
+                # Everyone strictly after the one served.
+                m.d.sync += eligible.eq(Cat(self.grant[:k].any() for k in range(n)))
             with m.Else():
                 # Pin priority on the holder so a newcomer cannot take the grant mid-packet.
-                m.d.sync += priority.eq(self.index)
+                m.d.sync += eligible.eq(Cat(self.grant[:k + 1].any() for k in range(n)))
 
-        m.d.comb += [
+        # Checked at the clock edge: the Amaranth simulator evaluates comb-domain assertions on
+        # values that have not settled yet.
+        m.d.sync += [
             Assert((self.grant & (self.grant - 1)[:n]) == 0, "arbiter granted twice"),
             Assert((self.grant & ~self.requests) == 0, "arbiter granted a non-requester"),
             Assert(self.grant.any() == self.valid, "arbiter valid disagrees with grant"),

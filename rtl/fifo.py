@@ -88,7 +88,7 @@ class StreamFIFO(wiring.Component):
             self.level.eq(storage.level),
         ]
 
-        m.d.comb += Assert(self.level <= self._depth, "FIFO level exceeds its depth")
+        m.d.sync += Assert(self.level <= self._depth, "FIFO level exceeds its depth")
         assert_stream_rules(m, self.o, "FIFO output")
 
         return m

@@ -26,8 +26,9 @@ def assert_stream_rules(m, port, name):
         stalled.eq(port.valid & ~port.ready),
         held.eq(port.payload),
     ]
+    # Checked at the clock edge, on settled values (see rtl/arbiter.py).
     with m.If(stalled):
-        m.d.comb += [
+        m.d.sync += [
             Assert(port.valid, f"{name} dropped valid before ready"),
             Assert(Value.cast(port.payload) == held, f"{name} changed payload before ready"),
         ]
