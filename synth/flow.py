@@ -66,6 +66,8 @@ __all__ = ["SynthResult", "TARGETS", "synthesize", "markdown_table"]
 
 
 #: Targets :func:`synthesize` accepts.
+_REPO = Path(__file__).resolve().parents[1]
+
 TARGETS = ("generic", "ecp5", "ice40")
 
 #: Seed for nextpnr's placer, fixed so that a rerun gives the same Fmax.
@@ -95,7 +97,7 @@ _SYNTH_COMMAND = {
 #: Cell type (or, for ice40 flip-flops, a prefix matched below) behind each count, per target.
 _COUNTED_CELLS = {
     "ecp5": {"luts": "LUT4", "ffs": "TRELLIS_FF", "carries": "CCU2C", "dsps": "MULT18X18D",
-             "brams": "DP16KD"},
+             "brams": "DP16KD", "lutrams": "TRELLIS_DPR16X4"},
     "ice40": {"luts": "SB_LUT4", "ffs": "SB_DFF", "carries": "SB_CARRY", "dsps": "SB_MAC16",
               "brams": "SB_RAM40_4K"},
 }
@@ -147,6 +149,10 @@ class SynthResult:
         ``MULT18X18D`` or ``SB_MAC16``; None for ``generic``.
     brams : int or None
         ``DP16KD`` or ``SB_RAM40_4K``; None for ``generic``.
+    lutrams : int or None
+        Distributed RAM, ``TRELLIS_DPR16X4`` (16 words x 4 bits, each taking the LUTs of half a
+        PFU, which the ``luts`` count does not include); None for ``generic`` and ``ice40``,
+        which has none.
     fmax_mhz : float or None
         Achieved frequency of the ``clk`` clock after place-and-route of the registered harness;
         None for ``generic``, when the design has no clocked path, or when it does not fit.
@@ -164,6 +170,7 @@ class SynthResult:
     carries: int | None = None
     dsps: int | None = None
     brams: int | None = None
+    lutrams: int | None = None
     fmax_mhz: float | None = None
     fits: bool = True
     seconds: float = 0.0
@@ -360,7 +367,7 @@ def synthesize(component, *, name, target, workdir=None):
         One of :data:`TARGETS`.
     workdir : path-like, optional
         Directory for the RTLIL, scripts, netlists, reports and logs; created if missing.
-        Defaults to ``build/synth/<target>/<name>`` under the current directory.
+        Defaults to ``build/synth/<target>/<name>`` in the repository.
 
     Returns
     -------
@@ -386,7 +393,7 @@ def synthesize(component, *, name, target, workdir=None):
         raise TypeError(f"Can only synthesize a wiring.Component, not {component!r}")
 
     start = time.monotonic()
-    workdir = Path(workdir) if workdir is not None else Path("build", "synth", target, name)
+    workdir = Path(workdir) if workdir is not None else _REPO / "build" / "synth" / target / name
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     harness_name = f"{name}_harness"
@@ -405,8 +412,7 @@ def synthesize(component, *, name, target, workdir=None):
 
     if target == "generic":
         result.ffs = sum(count for cell, count in cells.items() if _GENERIC_FF.match(cell))
-        result.seconds = time.monotonic() - start
-        return result
+        return _finish(result, workdir, start)
 
     counted = _COUNTED_CELLS[target]
     for attribute, cell in counted.items():
@@ -445,12 +451,17 @@ def synthesize(component, *, name, target, workdir=None):
     if returncode != 0:
         if _DOES_NOT_FIT.search(log):
             result.fits = False
-            result.seconds = time.monotonic() - start
-            return result
+            return _finish(result, workdir, start)
         raise RuntimeError(_failure_message(tool, command, workdir, returncode,
                                             workdir / "nextpnr.log", log))
     result.fmax_mhz = _fmax(json.loads((workdir / "report.json").read_text()))
+    return _finish(result, workdir, start)
+
+
+def _finish(result, workdir, start):
+    # One JSON record per run, next to the logs it came from.
     result.seconds = time.monotonic() - start
+    (workdir / "result.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     return result
 
 
@@ -473,8 +484,8 @@ def markdown_table(results):
         "does not fit".
     """
     lines = [
-        "| Block | Target | LUT4 | FF | CCU2/carry | DSP | BRAM | Fmax (MHz) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Block | Target | LUT4 | FF | CCU2/carry | DSP | BRAM | LUT RAM | Fmax (MHz) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if not r.fits:
@@ -484,5 +495,6 @@ def markdown_table(results):
         else:
             fmax = f"{r.fmax_mhz:.1f}"
         lines.append(f"| {r.block} | {r.target} | {_cell(r.luts)} | {_cell(r.ffs)} | "
-                     f"{_cell(r.carries)} | {_cell(r.dsps)} | {_cell(r.brams)} | {fmax} |")
+                     f"{_cell(r.carries)} | {_cell(r.dsps)} | {_cell(r.brams)} | "
+                     f"{_cell(r.lutrams)} | {fmax} |")
     return "\n".join(lines) + "\n"

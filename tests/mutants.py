@@ -7,6 +7,7 @@ formal spec run against it unchanged; a suite that passes a mutant is not testin
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 
+from rtl.arbiter import RoundRobinArbiter
 from rtl.fifo import StreamFIFO
 
 
@@ -27,4 +28,18 @@ class OverrunFIFO(StreamFIFO):
             self.i.ready.eq(1),
             self.level.eq(inner.level),
         ]
+        return m
+
+
+class FixedPriorityArbiter(RoundRobinArbiter):
+    """An arbiter that always grants the lowest-numbered requester: safe, but it starves."""
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.count
+        for k in range(n):
+            m.d.comb += self.grant[k].eq(self.requests[k] & ~self.requests[:k].any())
+            with m.If(self.grant[k]):
+                m.d.comb += self.index.eq(k)
+        m.d.comb += self.valid.eq(self.requests.any())
         return m

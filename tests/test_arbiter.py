@@ -10,7 +10,8 @@ from amaranth.sim import Simulator
 
 from rtl.arbiter import RoundRobinArbiter
 from sim.arbiter import RoundRobinModel
-from synth.formal import prove
+from synth.formal import FormalFailure, prove
+from tests.mutants import FixedPriorityArbiter
 
 
 def test_count_must_be_positive():
@@ -139,3 +140,9 @@ class ArbiterSpec(Elaboratable):
 @pytest.mark.parametrize("count", [1, 2, 5])
 def test_arbiter_properties(count):
     prove(ArbiterSpec(RoundRobinArbiter(count)), name=f"arbiter_{count}", depth=3 * count + 2)
+
+
+def test_fairness_proof_catches_fixed_priority_mutant():
+    with pytest.raises(FormalFailure, match=r"failed assertion .*'requester [1-4] starved'"):
+        prove(ArbiterSpec(FixedPriorityArbiter(5)), name="arbiter_fixed_priority", depth=17,
+              tasks=("bmc",))

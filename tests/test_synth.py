@@ -60,7 +60,7 @@ def test_ecp5_fifo_keeps_storage_in_lut_ram(ecp5_fifo):
     assert result.luts > 0
     assert result.brams == 0 and result.dsps == 0
     # Depth <= 16: one TRELLIS_DPR16X4 per 4 bits of width holds the whole storage...
-    assert result.cells.get("TRELLIS_DPR16X4") == -(-config.flit_width // 4)
+    assert result.cells.get("TRELLIS_DPR16X4") == -(-config.flit_width // 4) == result.lutrams
     # ...so flip-flops hold only pointers and flags, not the payloads.
     assert result.ffs < config.flit_width
     assert isinstance(result.fmax_mhz, float) and result.fmax_mhz > 50
@@ -193,13 +193,14 @@ def test_markdown_table_formats_missing_values_and_misfits():
     results = [
         SynthResult(block="arbiter", target="generic", cells={"$_SDFFE_PP0P_": 3}, ffs=3),
         SynthResult(block="fifo", target="ecp5", luts=1234, ffs=7, carries=0, dsps=0, brams=0,
-                    fmax_mhz=319.3867, seconds=3.2),
+                    lutrams=16, fmax_mhz=319.3867, seconds=3.2),
         SynthResult(block="huge", target="ice40", luts=7753, ffs=8208, carries=1, dsps=0,
                     brams=0, fits=False),
     ]
     lines = markdown_table(results).splitlines()
-    assert lines[0] == "| Block | Target | LUT4 | FF | CCU2/carry | DSP | BRAM | Fmax (MHz) |"
+    assert lines[0] == ("| Block | Target | LUT4 | FF | CCU2/carry | DSP | BRAM | LUT RAM "
+                        "| Fmax (MHz) |")
     assert len(lines) == 2 + len(results)
-    assert lines[2] == "| arbiter | generic | — | 3 | — | — | — | — |"
-    assert lines[3] == "| fifo | ecp5 | 1,234 | 7 | 0 | 0 | 0 | 319.4 |"
-    assert lines[4] == "| huge | ice40 | 7,753 | 8,208 | 1 | 0 | 0 | does not fit |"
+    assert lines[2] == "| arbiter | generic | — | 3 | — | — | — | — | — |"
+    assert lines[3] == "| fifo | ecp5 | 1,234 | 7 | 0 | 0 | 0 | 16 | 319.4 |"
+    assert lines[4] == "| huge | ice40 | 7,753 | 8,208 | 1 | 0 | 0 | — | does not fit |"
