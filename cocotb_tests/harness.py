@@ -166,8 +166,10 @@ def run(component, *, toplevel, test_module, testcase=None, parameters=None, tim
                         build_dir=built.directory, test_dir=test_dir, seed=seed_value,
                         extra_env=env, waves=waves, results_xml=str(results), log_file=log,
                         test_args=["--trace-file", str(test_dir / "waves.fst")] if waves else [])
-        except SystemExit:
-            pass  # the runner exits under pytest on failure; the results file says why
+        except (SystemExit, RuntimeError):
+            # Under pytest the runner exits on a failed test, and raises when the simulator
+            # aborts (a failed HDL assertion stops Verilator); the results file and log say why.
+            pass
         try:
             tests, failed = get_results(results)
         except RuntimeError:

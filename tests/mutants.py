@@ -4,11 +4,12 @@ A mutant has the same signature as the block it breaks, so the same testbench an
 formal spec run against it unchanged; a suite that passes a mutant is not testing anything.
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 
 from rtl.arbiter import RoundRobinArbiter
 from rtl.fifo import StreamFIFO
+from rtl.stream_rules import assert_stream_rules
 
 
 class OverrunFIFO(StreamFIFO):
@@ -42,4 +43,29 @@ class FixedPriorityArbiter(RoundRobinArbiter):
             with m.If(self.grant[k]):
                 m.d.comb += self.index.eq(k)
         m.d.comb += self.valid.eq(self.requests.any())
+        return m
+
+
+class FickleFIFO(StreamFIFO):
+    """A FIFO whose output withdraws ``valid`` every other cycle, breaking the stream rules.
+
+    It loses no data (the inner FIFO only pops on a real transfer), so only the stream-rule
+    assertion inside the block can tell that anything is wrong.
+    """
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = StreamFIFO(self.shape, self.depth, buffered=self.buffered)
+        blink = Signal()
+        m.d.sync += blink.eq(~blink)
+        m.d.comb += [
+            inner.i.payload.eq(self.i.payload),
+            inner.i.valid.eq(self.i.valid),
+            self.i.ready.eq(inner.i.ready),
+            self.level.eq(inner.level),
+            self.o.payload.eq(inner.o.payload),
+            self.o.valid.eq(inner.o.valid & blink),
+            inner.o.ready.eq(self.o.ready & blink),
+        ]
+        assert_stream_rules(m, self.o, "FIFO output")
         return m
