@@ -27,7 +27,18 @@ async def start_clock_and_reset(dut, cycles=2, period_ns=10):
     dut.rst.value = 0
 
 
-class StreamSource:
+class _StreamPort:
+    """The Verilog ports of stream member ``name`` of ``dut``."""
+
+    def __init__(self, dut, name, rng):
+        self.clk = dut.clk
+        self.valid = getattr(dut, f"{name}__valid")
+        self.ready = getattr(dut, f"{name}__ready")
+        self.payload = getattr(dut, f"{name}__payload")
+        self.rng = rng
+
+
+class StreamSource(_StreamPort):
     """Offers payloads on stream ``name`` of ``dut``, idling at random between them.
 
     ``idle`` is the probability of a cycle without ``valid`` before each payload; it can be
@@ -36,11 +47,7 @@ class StreamSource:
     """
 
     def __init__(self, dut, name, rng, *, idle=0.3):
-        self.clk = dut.clk
-        self.valid = getattr(dut, f"{name}__valid")
-        self.ready = getattr(dut, f"{name}__ready")
-        self.payload = getattr(dut, f"{name}__payload")
-        self.rng = rng
+        super().__init__(dut, name, rng)
         self.idle = idle
         self.sent = 0
         self.valid.value = 0
@@ -62,7 +69,7 @@ class StreamSource:
         self.valid.value = 0
 
 
-class StreamSink:
+class StreamSink(_StreamPort):
     """Takes payloads from stream ``name`` of ``dut``, refusing at random.
 
     ``stall`` is the probability that ``ready`` is low in a given cycle. Received payloads are
@@ -70,11 +77,7 @@ class StreamSink:
     """
 
     def __init__(self, dut, name, rng, *, stall=0.3):
-        self.clk = dut.clk
-        self.valid = getattr(dut, f"{name}__valid")
-        self.ready = getattr(dut, f"{name}__ready")
-        self.payload = getattr(dut, f"{name}__payload")
-        self.rng = rng
+        super().__init__(dut, name, rng)
         self.stall = stall
         self.received = []
         self.ready.value = 0
