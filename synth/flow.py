@@ -5,7 +5,8 @@ for one of three targets:
 
 ``"generic"``
     Yosys ``synth -flatten`` to its internal gate library (flattened so that the counts cover
-    submodules). Only the cell counts and the flip-flop count are meaningful; there is no
+    submodules), except that memories are left as ``$mem_v2`` cells rather than mapped to
+    flip-flops. Only the cell counts and the flip-flop count are meaningful; there is no
     place-and-route and no Fmax.
 ``"ecp5"``
     ``synth_ecp5``, then ``nextpnr-ecp5`` for an LFE5U-85F, CABGA381, speed grade 6, in
@@ -88,7 +89,11 @@ _NEXTPNR_ARGS = {
 
 #: Yosys synthesis command per target; ``{top}`` is the top module.
 _SYNTH_COMMAND = {
-    "generic": "synth -flatten -top {top}",
+    # Yosys's generic `synth` would map memories into flip-flops (memory_map), which for a
+    # block RAM-sized memory is slow and says nothing; stop before its fine stage so memories
+    # stay $mem cells, then map the rest to gates as `synth` would.
+    "generic": "synth -flatten -top {top} -run :fine; opt -fast -full; techmap; opt -fast; "
+               "abc; opt -fast",
     "ecp5": "synth_ecp5 -top {top}",
     # -dsp: the UP5K has eight SB_MAC16, which synth_ice40 leaves unused unless asked.
     "ice40": "synth_ice40 -dsp -top {top}",
@@ -354,7 +359,7 @@ def _clean(workdir, names):
         (workdir / name).unlink(missing_ok=True)
 
 
-def synthesize(component, *, name, target, workdir=None):
+def synthesize(component, *, name, target, workdir=None, place_and_route=True):
     """Synthesize ``component`` for ``target`` and, except for ``generic``, place and route it.
 
     Parameters
@@ -365,6 +370,9 @@ def synthesize(component, *, name, target, workdir=None):
         Top module name, used for file names and :attr:`SynthResult.block`; an identifier.
     target : str
         One of :data:`TARGETS`.
+    place_and_route : bool
+        Run nextpnr for Fmax (ECP5, iCE40); without it only the area is counted, which is
+        enough for questions such as how many block RAMs a memory takes.
     workdir : path-like, optional
         Directory for the RTLIL, scripts, netlists, reports and logs; created if missing.
         Defaults to ``build/synth/<target>/<name>`` in the repository.
@@ -422,6 +430,9 @@ def synthesize(component, *, name, target, workdir=None):
         else:
             count = cells.get(cell, 0)
         setattr(result, attribute, count)
+
+    if not place_and_route:
+        return _finish(result, workdir, start)
 
     # Fmax: the component inside its registered harness.
     harness = _Harness(component, serial=(target == "ice40"))
