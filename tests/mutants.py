@@ -69,3 +69,58 @@ class FickleFIFO(StreamFIFO):
         ]
         assert_stream_rules(m, self.o, "FIFO output")
         return m
+
+
+# ---- SECDED decoder mutants (rtl/tiles/ecc.py) ------------------------------------------
+
+from amaranth.hdl import Cat, Const  # noqa: E402  (appended section)
+
+from rtl.tiles.ecc import SECDEDDecoder, hsiao_columns  # noqa: E402
+
+
+class CheckBlindDecoder(SECDEDDecoder):
+    """A SECDED decoder that only knows the data columns of ``H``: an error in a check bit,
+    whose syndrome is a unit vector, matches no column and is reported ``uncorrectable``.
+
+    The data is never wrong, so only a test that flips the check bits, and looks at the flags,
+    can tell.
+    """
+
+    def elaborate(self, platform):
+        m = Module()
+        k, r = self.data_width, self.check_bits
+        columns = hsiao_columns(k)
+        syndrome = Signal(r)
+        for j in range(r):
+            covered = [self.code[i] for i, column in enumerate(columns) if column >> j & 1]
+            m.d.comb += syndrome[j].eq(Cat(self.code[k + j], *covered).xor())
+        flip = Cat(syndrome == Const(column, r) for column in columns)
+        m.d.comb += [
+            self.data.eq(self.code[:k] ^ flip),
+            self.corrected.eq(flip.any()),
+            self.uncorrectable.eq(syndrome.any() & ~flip.any()),
+        ]
+        return m
+
+
+class MisaimedDecoder(SECDEDDecoder):
+    """A SECDED decoder that corrects the neighbour of the flipped data bit (its comparators are
+    wired one data bit off, wrapping around): every flag is right, the data is not."""
+
+    def elaborate(self, platform):
+        m = Module()
+        k, r = self.data_width, self.check_bits
+        columns = hsiao_columns(k)
+        syndrome = Signal(r)
+        for j in range(r):
+            covered = [self.code[i] for i, column in enumerate(columns) if column >> j & 1]
+            m.d.comb += syndrome[j].eq(Cat(self.code[k + j], *covered).xor())
+        match = [syndrome == Const(column, r) for column in columns]
+        unit = Cat(syndrome == Const(1 << j, r) for j in range(r))
+        found = Cat(*match).any() | unit.any()
+        m.d.comb += [
+            self.data.eq(self.code[:k] ^ Cat(match[1:] + match[:1])),
+            self.corrected.eq(found),
+            self.uncorrectable.eq(syndrome.any() & ~found),
+        ]
+        return m
