@@ -38,7 +38,9 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/tessera docs
 
-bench: docs
+# Benchmarks: simulation and synthesis sweeps, kept out of the test suite.
+bench: $(STAMP) docs
+	$(BIN)/tessera bench sram
 
 clean:
 	rm -rf build

@@ -4,6 +4,7 @@ tables iterate over. Each entry turns a :class:`~rtl.config.TesseraConfig` into 
 from .arbiter import RoundRobinArbiter
 from .config import ROUTER_PORTS, TesseraConfig
 from .fifo import StreamFIFO
+from .tiles.sram import SRAM
 
 
 __all__ = ["BLOCKS", "build_block"]
@@ -15,6 +16,8 @@ BLOCKS = {
              "stream FIFO, one flit wide and buffer_depth deep (a router input buffer)"),
     "arbiter": (lambda c: RoundRobinArbiter(ROUTER_PORTS),
                 "round-robin arbiter over the five router ports"),
+    "sram": (lambda c: SRAM.from_config(c),
+             "tile scratchpad: sram_banks x sram_bank_depth words, fill/weight/act/vector ports"),
 }
 
 

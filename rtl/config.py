@@ -9,11 +9,15 @@ import dataclasses
 from dataclasses import dataclass, fields
 
 
-__all__ = ["TesseraConfig", "WEIGHT_FORMATS", "ROUTER_PORTS"]
+__all__ = ["TesseraConfig", "WEIGHT_FORMATS", "ROUTER_PORTS", "SRAM_INTERLEAVES"]
 
 
 #: Weight formats the hardware can decode (SPEC §2), in the order the docs list them.
 WEIGHT_FORMATS = ("Q8_0", "Q4_0", "Q4_1", "MXFP4", "TQ2_0")
+
+#: How SRAM word addresses spread over banks: "low" (consecutive words in consecutive banks)
+#: or "high" (each bank a contiguous range).
+SRAM_INTERLEAVES = ("low", "high")
 
 #: A mesh router has a port towards each neighbour (N, E, S, W) and one to its tile.
 ROUTER_PORTS = 5
@@ -63,7 +67,12 @@ class TesseraConfig:
     sram_bank_depth : int
         Words per SRAM bank; a power of two from 16 to 65536.
     sram_width : int
-        Bits per SRAM word; a multiple of 8 from 8 to 512.
+        Bits per SRAM word (data, not counting ECC); a multiple of 8 from 8 to 512.
+    sram_ecc : bool
+        Protect each SRAM word with a SECDED code (a 64-bit word gets 8 check bits, which fill
+        the 72-bit width of four ECP5 DP16KD exactly).
+    sram_interleave : str
+        One of :data:`SRAM_INTERLEAVES`.
     """
 
     mesh_x: int = 2
@@ -76,6 +85,8 @@ class TesseraConfig:
     sram_banks: int = 4
     sram_bank_depth: int = 1024
     sram_width: int = 64
+    sram_ecc: bool = True
+    sram_interleave: str = "low"
 
     def __post_init__(self):
         _check_int("mesh_x", self.mesh_x, low=1, high=16)
@@ -88,6 +99,13 @@ class TesseraConfig:
         _check_int("sram_bank_depth", self.sram_bank_depth, low=16, high=65536,
                    power_of_two=True)
         _check_int("sram_width", self.sram_width, low=8, high=512, multiple_of=8)
+
+        if not isinstance(self.sram_ecc, bool):
+            raise TypeError(f"sram_ecc must be True or False, not {self.sram_ecc!r}")
+        if self.sram_interleave not in SRAM_INTERLEAVES:
+            raise ValueError(f"sram_interleave must be one of "
+                             f"{', '.join(map(repr, SRAM_INTERLEAVES))}, "
+                             f"not {self.sram_interleave!r}")
 
         formats = self.weight_formats
         if isinstance(formats, str) or not isinstance(formats, (tuple, list)):
@@ -120,7 +138,8 @@ class TesseraConfig:
     def with_overrides(self, assignments):
         """A copy with ``name=value`` strings (as given to ``tessera --set``) applied.
 
-        Integers parse as Python integers; ``weight_formats`` takes a comma-separated list.
+        Integers parse as Python integers, booleans as ``true``/``false`` (or 1/0), strings
+        as they are; ``weight_formats`` takes a comma-separated list.
         """
         changes = {}
         for assignment in assignments:
@@ -132,8 +151,16 @@ class TesseraConfig:
             if name not in self.parameter_names():
                 raise TypeError(f"Unknown configuration parameter {name!r}; "
                                 f"known: {', '.join(self.parameter_names())}")
+            kind = {f.name: f.type for f in fields(self)}[name]
             if name == "weight_formats":
                 changes[name] = tuple(part.strip() for part in text.split(",") if part.strip())
+            elif kind in (bool, "bool"):
+                truth = {"true": True, "1": True, "false": False, "0": False}
+                if text.lower() not in truth:
+                    raise TypeError(f"{name} must be true or false, not {text!r}")
+                changes[name] = truth[text.lower()]
+            elif kind in (str, "str"):
+                changes[name] = text
             else:
                 try:
                     changes[name] = int(text, 0)

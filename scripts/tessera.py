@@ -7,6 +7,7 @@
     tessera verilog  BLOCK [--set …] [-o FILE]             Verilog of one block
     tessera synth    BLOCK|all --target T [--set …]        area / Fmax table (T: generic, ecp5, ice40)
     tessera docs                                           regenerate docs/area.md
+    tessera bench sram                                     regenerate docs/sram_performance.md
     tessera demo                                           the main job on the default configuration
 """
 
@@ -115,6 +116,13 @@ def cmd_docs(args):
     print(f"wrote {DOCS_AREA.relative_to(REPO)}")
 
 
+def cmd_bench(args):
+    if args.block == "sram":
+        from scripts import bench_sram
+        print(bench_sram.run(), end="")
+        print(f"wrote {bench_sram.OUTPUT.relative_to(REPO)}", file=sys.stderr)
+
+
 def cmd_demo(args):
     from rich.console import Console
     from rtl.blocks import build_block
@@ -162,6 +170,9 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.set_defaults(func=cmd_synth)
     sub.add_parser("docs", help="regenerate docs/area.md").set_defaults(func=cmd_docs)
+    p = sub.add_parser("bench", help="benchmark a block and regenerate its docs page")
+    p.add_argument("block", choices=["sram"])
+    p.set_defaults(func=cmd_bench)
     sub.add_parser("demo", help="the main job on the default configuration") \
         .set_defaults(func=cmd_demo)
 

@@ -80,3 +80,15 @@ def test_overrides_from_the_command_line():
 def test_as_dict_round_trips():
     config = TesseraConfig(mesh_x=3, buffer_depth=8)
     assert TesseraConfig(**config.as_dict()) == config
+
+
+def test_sram_options():
+    config = TesseraConfig().with_overrides(["sram_ecc=false", "sram_interleave=high"])
+    assert (config.sram_ecc, config.sram_interleave) == (False, "high")
+    with pytest.raises(ValueError, match=r"^sram_interleave must be one of 'low', 'high', "
+                                         r"not 'middle'$"):
+        TesseraConfig(sram_interleave="middle")
+    with pytest.raises(TypeError, match=r"^sram_ecc must be True or False, not 1$"):
+        TesseraConfig(sram_ecc=1)
+    with pytest.raises(TypeError, match=r"^sram_ecc must be true or false, not 'yes'$"):
+        TesseraConfig().with_overrides(["sram_ecc=yes"])
