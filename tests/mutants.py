@@ -4,12 +4,13 @@ A mutant has the same signature as the block it breaks, so the same testbench an
 formal spec run against it unchanged; a suite that passes a mutant is not testing anything.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 
 from rtl.arbiter import RoundRobinArbiter
 from rtl.fifo import StreamFIFO
 from rtl.stream_rules import assert_stream_rules
+from rtl.tiles.ecc import SECDEDDecoder, hsiao_columns
 
 
 class OverrunFIFO(StreamFIFO):
@@ -73,9 +74,16 @@ class FickleFIFO(StreamFIFO):
 
 # ---- SECDED decoder mutants (rtl/tiles/ecc.py) ------------------------------------------
 
-from amaranth.hdl import Cat, Const  # noqa: E402  (appended section)
 
-from rtl.tiles.ecc import SECDEDDecoder, hsiao_columns  # noqa: E402
+def _syndrome(m, decoder):
+    """The syndrome of ``decoder.code``, written out from the columns of H (for the mutants)."""
+    k, r = decoder.data_width, decoder.check_bits
+    columns = hsiao_columns(k)
+    syndrome = Signal(r)
+    for j in range(r):
+        covered = [decoder.code[i] for i, column in enumerate(columns) if column >> j & 1]
+        m.d.comb += syndrome[j].eq(Cat(decoder.code[k + j], *covered).xor())
+    return syndrome, columns
 
 
 class CheckBlindDecoder(SECDEDDecoder):
@@ -89,11 +97,7 @@ class CheckBlindDecoder(SECDEDDecoder):
     def elaborate(self, platform):
         m = Module()
         k, r = self.data_width, self.check_bits
-        columns = hsiao_columns(k)
-        syndrome = Signal(r)
-        for j in range(r):
-            covered = [self.code[i] for i, column in enumerate(columns) if column >> j & 1]
-            m.d.comb += syndrome[j].eq(Cat(self.code[k + j], *covered).xor())
+        syndrome, columns = _syndrome(m, self)
         flip = Cat(syndrome == Const(column, r) for column in columns)
         m.d.comb += [
             self.data.eq(self.code[:k] ^ flip),
@@ -110,11 +114,7 @@ class MisaimedDecoder(SECDEDDecoder):
     def elaborate(self, platform):
         m = Module()
         k, r = self.data_width, self.check_bits
-        columns = hsiao_columns(k)
-        syndrome = Signal(r)
-        for j in range(r):
-            covered = [self.code[i] for i, column in enumerate(columns) if column >> j & 1]
-            m.d.comb += syndrome[j].eq(Cat(self.code[k + j], *covered).xor())
+        syndrome, columns = _syndrome(m, self)
         match = [syndrome == Const(column, r) for column in columns]
         unit = Cat(syndrome == Const(1 << j, r) for j in range(r))
         found = Cat(*match).any() | unit.any()
