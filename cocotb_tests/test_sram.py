@@ -7,7 +7,6 @@ phases (one hot bank, random, sequential) with a few out of range; producers idl
 stall at random; zeroization is started at random moments.
 """
 
-import random
 from collections import deque
 
 import cocotb
@@ -260,7 +259,6 @@ async def ecc_corrects_single_and_flags_double_flips(dut):
 
 from rtl.blocks import build_block          # noqa: E402
 from rtl.config import TesseraConfig        # noqa: E402
-from rtl.tiles.sram import SRAM             # noqa: E402
 
 
 def _params(sram):

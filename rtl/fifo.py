@@ -1,6 +1,6 @@
 """Stream FIFO: the elastic buffer of router input ports and SRAM request queues."""
 
-from amaranth.hdl import Assert, Module, Shape, Signal
+from amaranth.hdl import Assert, Module, Shape
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 

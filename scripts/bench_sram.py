@@ -30,9 +30,7 @@ def _addresses(sram, port_index, pattern, rng):
         if pattern == "random":
             yield rng.randrange(sram.capacity)
         else:
-            bank, row = port_index % sram.banks, n % sram.depth
-            yield (row * sram.banks + bank if sram.interleave == "low"
-                   else bank * sram.depth + row)
+            yield sram.address(port_index % sram.banks, n % sram.depth)
         n += 1
 
 

@@ -34,6 +34,8 @@ def test_layout_follows_the_interleave():
     low, high = _sram(interleave="low"), _sram(interleave="high")
     assert [low.locate(a) for a in (0, 1, 5)] == [(0, 0), (1, 0), (1, 1)]
     assert [high.locate(a) for a in (0, 1, 17)] == [(0, 0), (0, 1), (1, 1)]
+    for sram in (low, high):
+        assert all(sram.address(*sram.locate(a)) == a for a in range(sram.capacity))
     assert (low.capacity, low.code_width) == (64, 32 + 7)
     assert _sram(ecc=False).code_width == 32
 

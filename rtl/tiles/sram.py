@@ -193,6 +193,12 @@ class SRAM(wiring.Component):
             return address % self._banks, address // self._banks
         return address // self._depth, address % self._depth
 
+    def address(self, bank, row):
+        """The word address at ``(bank, row)``: the inverse of :meth:`locate`."""
+        if self._interleave == "low":
+            return row * self._banks + bank
+        return bank * self._depth + row
+
     def elaborate(self, platform):
         m = Module()
 
