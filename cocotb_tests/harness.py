@@ -71,11 +71,15 @@ def _ensure_lz4():
             subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                             "--no-binary", ":all:", "--dest", str(root), _LZ4_SDIST], check=True)
             (sdist,) = root.glob("lz4-*.tar.gz")
+            # Copy out the few sources by reading them, rather than tar.extract(): the archive
+            # then decides no paths, and no extraction filter is needed (the `filter` argument
+            # only exists from Python 3.11.4; Debian ships 3.11.2).
             with tarfile.open(sdist) as tar:
                 for member in tar.getmembers():
-                    if "/lz4libs/" in member.name and member.name.endswith((".c", ".h")):
-                        member.name = Path(member.name).name
-                        tar.extract(member, root, filter="data")
+                    if (member.isfile() and "/lz4libs/" in member.name
+                            and member.name.endswith((".c", ".h"))):
+                        (root / Path(member.name).name).write_bytes(
+                            tar.extractfile(member).read())
             subprocess.run(["gcc", "-O2", "-fPIC", "-c", "lz4.c", "-o", "lz4.o"],
                            cwd=root, check=True)
             subprocess.run(["ar", "rcs", "liblz4.a.tmp", "lz4.o"], cwd=root, check=True)
