@@ -4,6 +4,7 @@ tables iterate over. Each entry turns a :class:`~rtl.config.TesseraConfig` into 
 from .arbiter import RoundRobinArbiter
 from .config import ROUTER_PORTS, TesseraConfig
 from .fifo import StreamFIFO
+from .tiles.mac_array import MACArray
 from .tiles.sram import SRAM
 
 
@@ -18,6 +19,8 @@ BLOCKS = {
                 "round-robin arbiter over the five router ports"),
     "sram": (lambda c: SRAM.from_config(c),
              "tile scratchpad: sram_banks x sram_bank_depth words, fill/weight/act/vector ports"),
+    "mac_array": (lambda c: MACArray.from_config(c),
+                  "systolic MAC array, array_rows x array_cols, block sums for weight_formats"),
 }
 
 

@@ -9,11 +9,21 @@ import dataclasses
 from dataclasses import dataclass, fields
 
 
-__all__ = ["TesseraConfig", "WEIGHT_FORMATS", "ROUTER_PORTS", "SRAM_INTERLEAVES"]
+__all__ = ["TesseraConfig", "WEIGHT_FORMATS", "PACKED_FORMATS", "MAX_ARRAY_ROWS",
+           "ROUTER_PORTS", "SRAM_INTERLEAVES"]
 
 
 #: Weight formats the hardware can decode (SPEC §2), in the order the docs list them.
 WEIGHT_FORMATS = ("Q8_0", "Q4_0", "Q4_1", "MXFP4", "TQ2_0")
+
+#: Formats whose weight codes are narrow enough for two products per multiplier (the MAC
+#: array's 2x modes); the rest (Q8_0) take one.
+PACKED_FORMATS = ("Q4_0", "Q4_1", "MXFP4", "TQ2_0")
+
+#: The MAC array's rows finish a 32-element block one cycle apart and share one output path per
+#: column, so a block must end in every row before the next block ends in the first: at most
+#: 32 rows (docs/mac_array.md).
+MAX_ARRAY_ROWS = 32
 
 #: How SRAM word addresses spread over banks: "low" (consecutive words in consecutive banks)
 #: or "high" (each bank a contiguous range).
@@ -53,7 +63,8 @@ class TesseraConfig:
     mesh_x, mesh_y : int
         Tiles along X and Y of the mesh, 1 to 16 each.
     array_rows, array_cols : int
-        Shape of each tile's systolic MAC array, 1 to 64 each.
+        Shape of each tile's systolic MAC array: 1 to :data:`MAX_ARRAY_ROWS` rows, 1 to 64
+        columns.
     weight_formats : tuple of str
         Weight formats the unpacker and array support; a non-empty subset of
         :data:`WEIGHT_FORMATS`, without repeats.
@@ -91,7 +102,7 @@ class TesseraConfig:
     def __post_init__(self):
         _check_int("mesh_x", self.mesh_x, low=1, high=16)
         _check_int("mesh_y", self.mesh_y, low=1, high=16)
-        _check_int("array_rows", self.array_rows, low=1, high=64)
+        _check_int("array_rows", self.array_rows, low=1, high=MAX_ARRAY_ROWS)
         _check_int("array_cols", self.array_cols, low=1, high=64)
         _check_int("flit_width", self.flit_width, low=32, high=1024, multiple_of=8)
         _check_int("buffer_depth", self.buffer_depth, low=1, high=64)

@@ -61,9 +61,10 @@ from pathlib import Path
 from amaranth.back import rtlil
 from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
+from amaranth.vendor import LatticePlatform
 
 
-__all__ = ["SynthResult", "TARGETS", "synthesize", "markdown_table"]
+__all__ = ["SynthResult", "TARGETS", "synthesize", "markdown_table", "platform_for"]
 
 
 #: Targets :func:`synthesize` accepts.
@@ -122,6 +123,26 @@ _DOES_NOT_FIT = re.compile(
     r"|Device utilisation .* exceeds"
     r"|Unable to place cell",
     re.IGNORECASE)
+
+class _ECP5(LatticePlatform):
+    # The device the "ecp5" target places on. It only tells elaborate() which primitives it may
+    # instantiate (platform.family == "ecp5"); its build flow is not used, this module runs the
+    # tools itself.
+    device = "LFE5U-85F"
+    package = "BG381"
+    speed = "6"
+    resources = []
+    connectors = []
+
+
+def platform_for(target):
+    """The platform object blocks elaborate with for ``target``: None for the generic netlist
+    (portable Amaranth), a Lattice platform for ``ecp5`` (DSPs as MULT18X18D). iCE40 blocks get
+    None: the UP5K's SB_MAC16 is inferred by ``synth_ice40 -dsp``."""
+    if target == "ecp5":
+        return _ECP5(toolchain="Trellis")
+    return None
+
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -408,7 +429,8 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
     _clean(workdir, ["stat.json", f"{harness_name}.json", "report.json"])
 
     # Area: the bare component.
-    (workdir / f"{name}.il").write_text(rtlil.convert(component, name=name))
+    platform = platform_for(target)
+    (workdir / f"{name}.il").write_text(rtlil.convert(component, name=name, platform=platform))
     _yosys(workdir, "synth.ys", [
         f"read_rtlil {name}.il",
         "chformal -remove",
@@ -437,7 +459,7 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
     # Fmax: the component inside its registered harness.
     harness = _Harness(component, serial=(target == "ice40"))
     (workdir / f"{harness_name}.il").write_text(
-        rtlil.convert(harness, name=harness_name, ports=harness.ports))
+        rtlil.convert(harness, name=harness_name, ports=harness.ports, platform=platform))
     _yosys(workdir, "harness.ys", [
         f"read_rtlil {harness_name}.il",
         "chformal -remove",

@@ -15,7 +15,8 @@ def test_defaults_are_the_2x2_demo_configuration():
 @pytest.mark.parametrize("name, value, message", [
     ("mesh_x", 0, r"^mesh_x must be an integer from 1 to 16, not 0$"),
     ("mesh_y", 17, r"^mesh_y must be an integer from 1 to 16, not 17$"),
-    ("array_rows", -2, r"^array_rows must be an integer from 1 to 64, not -2$"),
+    ("array_rows", -2, r"^array_rows must be an integer from 1 to 32, not -2$"),
+    ("array_rows", 33, r"^array_rows must be an integer from 1 to 32, not 33$"),
     ("array_cols", 65, r"^array_cols must be an integer from 1 to 64, not 65$"),
     ("flit_width", 36, r"^flit_width must be a multiple of 8 from 32 to 1024, not 36$"),
     ("flit_width", 16, r"^flit_width must be a multiple of 8 from 32 to 1024, not 16$"),

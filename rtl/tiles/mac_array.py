@@ -1,0 +1,415 @@
+"""Systolic MAC array: exact int32 block sums of quantized matmuls (docs/mac_array.md)."""
+
+from functools import reduce
+from operator import or_
+
+from amaranth.hdl import Array, Assert, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import MAX_ARRAY_ROWS, PACKED_FORMATS, WEIGHT_FORMATS
+from ..fifo import StreamFIFO
+from .pe import LANE_SHIFT, MULTIPLY_LATENCY, ProcessingElement, sum_widths, \
+    weight_operand_width
+
+
+__all__ = ["MACArray", "COMMAND_LAYOUT", "ERROR_LAYOUT", "BLOCK", "mode_code"]
+
+
+#: K elements per block sum: the block of Q8_0 activations, and of every weight format but
+#: TQ2_0 (whose 256-element blocks hold eight of them).
+BLOCK = 32
+
+#: Output words the array can hold per row of PEs: enough for the blocks in flight between
+#: accepting a block's first step and its sums leaving the output FIFO, so that a consumer that
+#: keeps up never slows the array.
+FIFO_BLOCKS = 4
+
+#: One matmul: weight format (index in WEIGHT_FORMATS), K / 32, and the number of output tiles.
+COMMAND_LAYOUT = data.StructLayout({"mode": 3, "blocks": 16, "tiles": 16})
+
+#: Sticky error flags: an undefined or disabled mode; a command with zero blocks or tiles.
+ERROR_LAYOUT = data.StructLayout({"mode": 1, "empty": 1})
+
+
+def mode_code(fmt):
+    """Run-time mode number of weight format ``fmt`` (its index in WEIGHT_FORMATS)."""
+    return WEIGHT_FORMATS.index(fmt)
+
+
+def _e2m1_doubled(code):
+    # Twice the E2M1 value: sign bit 3, exponent bits 2:1 (bias 1), mantissa bit 0.
+    sign, exponent, mantissa = code >> 3, (code >> 1) & 3, code & 1
+    value = mantissa if exponent == 0 else (1 << exponent) + (mantissa << (exponent - 1))
+    return -value if sign else value
+
+
+class MACArray(wiring.Component):
+    """``rows × cols`` multiply-accumulate array producing exact 32-element block sums.
+
+    Output-stationary: PE (r, c) owns output (r, c) of an output tile and accumulates its dot
+    product over K, one k-step per cycle, emitting the sum at every 32nd step. Weight operands
+    enter at the top of each column and move one PE down per cycle; activations enter row r
+    ``r`` cycles after row 0 and reach all PEs of the row at once. Every PE of row r therefore
+    finishes a block in the same cycle, one cycle after row r − 1, and a column's PEs share one
+    output path without collisions (hence at most 32 rows). A decode matmul (one activation
+    row) streams one weight word per column per cycle; a prefill matmul keeps every PE busy.
+
+    Weight modes (``i_cmd.mode``, the index in :data:`~rtl.config.WEIGHT_FORMATS`): Q8_0 takes
+    an int8 weight per column per step; Q4_0, Q4_1, MXFP4 and TQ2_0 take a byte holding two
+    codes, output ``c`` of the tile in the low nibble and output ``cols + c`` in the high one,
+    so the tile is ``rows × 2·cols`` and the array does two MACs per PE per cycle. The array
+    turns codes into integers: Q4_0 q − 8, Q4_1 q, MXFP4 twice the E2M1 value, TQ2_0 (2-bit code
+    in the nibble's low bits) q − 1.
+
+    A command asks for ``tiles × blocks × 32`` k-steps; each step is one ``i_x`` word (one
+    activation code per row) and one ``i_w`` word (one weight byte per column), taken together.
+    For every block of every tile the array emits ``rows`` words on ``o``, one per row, in row
+    order, tagged with tile, block and row; ``last`` marks the final word of the command. There
+    is no global stall: the array only starts a block when its output FIFO has room for the
+    block's sums, so random backpressure on ``o`` slows the inputs, never the PEs.
+
+    Bad input: a mode that is undefined or not in ``formats`` sets ``errors.mode``; its steps
+    are taken and dropped, and it produces no output. A command with zero blocks or tiles sets
+    ``errors.empty`` and takes nothing. The flags stay set until ``clear``.
+
+    Parameters
+    ----------
+    rows : int
+        PE rows, 1 to 32.
+    cols : int
+        PE columns, 1 to 64.
+    formats : tuple of str
+        Weight formats the array decodes: a non-empty subset of WEIGHT_FORMATS. Without a 4-bit
+        or ternary format the PEs have one accumulator and no packing logic.
+
+    Members
+    -------
+    i_cmd : ``In(stream.Signature(COMMAND_LAYOUT))``
+        Matmul commands.
+    i_x : ``In(stream.Signature(data.ArrayLayout(signed(8), rows)))``
+        Activation codes, one per row per k-step.
+    i_w : ``In(stream.Signature(data.ArrayLayout(unsigned(8), cols)))``
+        Weight bytes, one per column per k-step.
+    o : ``Out(stream.Signature(output_layout))``
+        ``sums`` (``lanes × cols`` signed 32-bit block sums; entries from ``cols`` on are lane b,
+        zero in Q8_0 mode), ``row``, ``block``, ``tile``, ``last``.
+    errors : ``Out(ERROR_LAYOUT)``
+        Sticky error flags.
+    clear : ``In(1)``
+        Clears ``errors``.
+    busy : ``Out(1)``
+        A command is being taken or its sums are not all delivered.
+    """
+
+    def __init__(self, *, rows, cols, formats=WEIGHT_FORMATS):
+        for name, value, high in (("rows", rows, MAX_ARRAY_ROWS), ("columns", cols, 64)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise ValueError(f"MAC array {name} must be an integer from 1 to {high}, "
+                                 f"not {value!r}")
+        if isinstance(formats, str) or not isinstance(formats, (tuple, list)) or not formats:
+            raise TypeError(f"MAC array formats must be a non-empty tuple of format names, "
+                            f"not {formats!r}")
+        for name in formats:
+            if name not in WEIGHT_FORMATS:
+                raise ValueError(f"MAC array format {name!r} is not a known format; allowed: "
+                                 f"{', '.join(WEIGHT_FORMATS)}")
+        self._rows = rows
+        self._cols = cols
+        self._formats = tuple(formats)
+        self._packed = any(name in PACKED_FORMATS for name in formats)
+        self._lanes = 2 if self._packed else 1
+        self._output_layout = data.StructLayout({
+            "sums": data.ArrayLayout(signed(32), self._lanes * cols),
+            "row": unsigned(max(1, (rows - 1).bit_length())),
+            "block": 16,
+            "tile": 16,
+            "last": 1,
+        })
+        super().__init__({
+            "i_cmd": In(stream.Signature(COMMAND_LAYOUT)),
+            "i_x": In(stream.Signature(data.ArrayLayout(signed(8), rows))),
+            "i_w": In(stream.Signature(data.ArrayLayout(unsigned(8), cols))),
+            "o": Out(stream.Signature(self._output_layout)),
+            "errors": Out(ERROR_LAYOUT),
+            "clear": In(1),
+            "busy": Out(1),
+        })
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(rows=config.array_rows, cols=config.array_cols,
+                   formats=config.weight_formats)
+
+    rows = property(lambda self: self._rows)
+    cols = property(lambda self: self._cols)
+    formats = property(lambda self: self._formats)
+    packed = property(lambda self: self._packed)
+    lanes = property(lambda self: self._lanes)
+    output_layout = property(lambda self: self._output_layout)
+
+    @property
+    def fifo_depth(self):
+        """Output words buffered (and the credit count the inputs wait for)."""
+        return FIFO_BLOCKS * self._rows
+
+    @property
+    def gather_levels(self):
+        """Register levels of each column's output OR-tree (fan-in 4 per level)."""
+        levels, width = 1, 4
+        while width < self._rows:
+            levels, width = levels + 1, width * 4
+        return levels
+
+    @property
+    def latency(self):
+        """Cycles from taking a block's last k-step to row 0's output word being offered on
+        ``o`` (row r follows r cycles later), when ``o`` is ready."""
+        # Edge registers, PE latency, the accumulator and `done`, the gather tree, the lane
+        # combiner, and the block-RAM FIFO (two cycles from write to output).
+        return 1 + MULTIPLY_LATENCY + 1 + self.gather_levels + 1 + 2
+
+    def _operand(self, m, byte, mode):
+        """The PE weight operand for one column's byte under ``mode``."""
+        if not self._packed:
+            return byte.as_signed()
+        codes = []
+        for half, nibble in enumerate((byte[:4], byte[4:])):
+            value = Signal(signed(5), name=f"code_{half}")
+            with m.Switch(mode):
+                for name in self._formats:
+                    with m.Case(mode_code(name)):
+                        if name == "Q4_0":
+                            m.d.comb += value.eq(nibble - 8)
+                        elif name == "Q4_1":
+                            m.d.comb += value.eq(nibble)
+                        elif name == "MXFP4":
+                            table = Array(Const(_e2m1_doubled(code), signed(5))
+                                          for code in range(16))
+                            m.d.comb += value.eq(table[nibble])
+                        elif name == "TQ2_0":
+                            m.d.comb += value.eq(nibble[:2] - 1)
+            codes.append(value)
+        operand = Signal(signed(weight_operand_width(True)))
+        m.d.comb += operand.eq(codes[0] + (codes[1] << LANE_SHIFT))
+        if "Q8_0" in self._formats:
+            with m.If(mode == mode_code("Q8_0")):
+                m.d.comb += operand.eq(byte.as_signed())
+        return operand
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self._rows, self._cols
+
+        # ---- Commands and the k-step counter ---------------------------------------------
+        active = Signal()
+        discard = Signal()      # the current command's mode is bad: take its steps, drop them
+        mode = Signal(3)
+        blocks_m1 = Signal(16)
+        tiles_m1 = Signal(16)
+        step = Signal(range(BLOCK))
+        block = Signal(16)
+        tile = Signal(16)
+
+        depth = self.fifo_depth
+        credits = Signal(range(depth + 1), init=depth)
+
+        command = self.i_cmd.payload
+        mode_ok = reduce(or_, (command.mode == mode_code(name) for name in self._formats))
+        m.d.comb += self.i_cmd.ready.eq(~active)
+        with m.If(self.i_cmd.valid & ~active):
+            with m.If((command.blocks == 0) | (command.tiles == 0)):
+                m.d.sync += self.errors.empty.eq(1)
+            with m.Else():
+                m.d.sync += [
+                    active.eq(1),
+                    discard.eq(~mode_ok),
+                    mode.eq(command.mode),
+                    blocks_m1.eq(command.blocks - 1),
+                    tiles_m1.eq(command.tiles - 1),
+                    step.eq(0), block.eq(0), tile.eq(0),
+                ]
+                with m.If(~mode_ok):
+                    m.d.sync += self.errors.mode.eq(1)
+        with m.If(self.clear):
+            m.d.sync += self.errors.eq(0)
+
+        starts_block = step == 0
+        ends_block = step == BLOCK - 1
+        last_block = block == blocks_m1
+        last_tile = tile == tiles_m1
+        # A block starts only when the output FIFO has room for all of its rows.
+        go = active & (discard | ~starts_block | (credits >= rows))
+        m.d.comb += [
+            self.i_x.ready.eq(go & self.i_w.valid),
+            self.i_w.ready.eq(go & self.i_x.valid),
+        ]
+        take = Signal()
+        m.d.comb += take.eq(go & self.i_x.valid & self.i_w.valid)
+        with m.If(take):
+            m.d.sync += step.eq(step + 1)
+            with m.If(ends_block):
+                m.d.sync += step.eq(0)
+                with m.If(last_block):
+                    m.d.sync += block.eq(0)
+                    with m.If(last_tile):
+                        m.d.sync += active.eq(0)
+                    with m.Else():
+                        m.d.sync += tile.eq(tile + 1)
+                with m.Else():
+                    m.d.sync += block.eq(block + 1)
+        compute = Signal()
+        m.d.comb += compute.eq(take & ~discard)
+
+        # Each block's tag waits here for its sums; credits bound the blocks in flight.
+        tag_layout = data.StructLayout({"tile": 16, "block": 16, "last": 1, "wide": 1})
+        m.submodules.tags = tags = StreamFIFO(tag_layout, FIFO_BLOCKS)
+        reserve = compute & starts_block
+        m.d.comb += [
+            tags.i.valid.eq(reserve),
+            tags.i.payload.tile.eq(tile),
+            tags.i.payload.block.eq(block),
+            tags.i.payload.last.eq(last_block & last_tile),
+            tags.i.payload.wide.eq(mode == mode_code("Q8_0")),
+        ]
+        m.d.sync += Assert(~tags.i.valid | tags.i.ready, "MAC array: more blocks in flight "
+                                                        "than tags")
+
+        # ---- West and north edges: skew the activations, decode the weights ---------------
+        # Row r sees k-step s r cycles after row 0; a step not taken enters as zeros, so it adds
+        # nothing.
+        flags_layout = data.StructLayout({"first": 1, "last": 1})
+        row_flags = []
+        row_x = []
+        x_in = Mux(compute, self.i_x.payload.as_value(), 0)
+        x_in = data.ArrayLayout(signed(8), rows)(x_in)
+        flags = Signal(flags_layout, name="flags_edge")
+        m.d.sync += [flags.first.eq(compute & starts_block), flags.last.eq(compute & ends_block)]
+        for r in range(rows):
+            value = x_in[r]
+            for stage in range(r + 1):
+                reg = Signal(signed(8), reset_less=True, name=f"x_skew_{r}_{stage}")
+                m.d.sync += reg.eq(value)
+                value = reg
+            row_x.append(value)
+            if r:
+                reg = Signal(flags_layout, name=f"flags_{r}")
+                m.d.sync += reg.eq(row_flags[-1])
+                row_flags.append(reg)
+            else:
+                row_flags.append(flags)
+
+        weights = []
+        for c in range(cols):
+            reg = Signal(signed(weight_operand_width(self._packed)), reset_less=True,
+                         name=f"w_edge_{c}")
+            m.d.sync += reg.eq(self._operand(m, self.i_w.payload[c], mode))
+            weights.append(reg)
+
+        # ---- The PEs ----------------------------------------------------------------------
+        pes = [[None] * cols for _ in range(rows)]
+        row_done = []
+        for r in range(rows):
+            # The PEs want their flags MULTIPLY_LATENCY - 1 cycles after their operands.
+            lead = row_flags[r]
+            for stage in range(MULTIPLY_LATENCY - 1):
+                reg = Signal(flags_layout, name=f"flags_{r}_lead{stage}")
+                m.d.sync += reg.eq(lead)
+                lead = reg
+            # A row-level copy of the PEs' `done`, for the output valid.
+            last_q = Signal(name=f"last_{r}")
+            done = Signal(name=f"done_{r}")
+            m.d.sync += [last_q.eq(lead.last), done.eq(last_q)]
+            row_done.append(done)
+            for c in range(cols):
+                pe = ProcessingElement(packed=self._packed)
+                m.submodules[f"pe_{r}_{c}"] = pe
+                pes[r][c] = pe
+                m.d.comb += [
+                    pe.x.eq(row_x[r]),
+                    pe.w.eq(weights[c] if r == 0 else pes[r - 1][c].w_next),
+                    pe.first.eq(lead.first),
+                    pe.last.eq(lead.last),
+                ]
+
+        # ---- Output: one OR-tree per column, then the lane combiner and the FIFO ------------
+        # Within a column at most one PE is `done` in any cycle, and the others output zero.
+        widths = sum_widths(self._packed)
+        gathered = []
+        for c in range(cols):
+            items = [Cat(*(getattr(pes[r][c], f"sum_{lane}") for lane in "ab"[:self._lanes]))
+                     for r in range(rows)]
+            gathered.append(self._or_tree(m, items, f"gather_{c}", reset_less=True))
+        valid = self._or_tree(m, row_done, "gather_valid", reset_less=False)
+
+        row = Signal(range(rows), name="out_row")
+        with m.If(valid):
+            m.d.sync += row.eq(Mux(row == rows - 1, 0, row + 1))
+        m.d.comb += tags.o.ready.eq(valid & (row == rows - 1))
+        m.d.sync += Assert(~valid | tags.o.valid, "MAC array: block sums without a tag")
+
+        fifo_lanes = {"a": data.ArrayLayout(signed(21), cols)}
+        if self._packed:
+            fifo_lanes["b"] = data.ArrayLayout(signed(widths[1]), cols)
+        fifo_layout = data.StructLayout({
+            **fifo_lanes,
+            "row": self._output_layout["row"].shape,
+            "block": 16, "tile": 16, "last": 1,
+        })
+        m.submodules.fifo = fifo = StreamFIFO(fifo_layout, depth, buffered=True)
+        tag = tags.o.payload
+        m.d.sync += [
+            fifo.i.valid.eq(valid),
+            fifo.i.payload.row.eq(row),
+            fifo.i.payload.block.eq(tag.block),
+            fifo.i.payload.tile.eq(tag.tile),
+            fifo.i.payload.last.eq(tag.last & (row == rows - 1)),
+        ]
+        for c in range(cols):
+            sum_a = gathered[c][:widths[0]].as_signed()
+            if self._packed:
+                sum_b = gathered[c][widths[0]:].as_signed()
+                # Q8_0 went through the packed split too: put the lanes back together.
+                with m.If(tag.wide):
+                    m.d.sync += [fifo.i.payload.a[c].eq(sum_a + (sum_b << LANE_SHIFT)),
+                                 fifo.i.payload.b[c].eq(0)]
+                with m.Else():
+                    m.d.sync += [fifo.i.payload.a[c].eq(sum_a), fifo.i.payload.b[c].eq(sum_b)]
+            else:
+                m.d.sync += fifo.i.payload.a[c].eq(sum_a)
+        m.d.sync += Assert(~fifo.i.valid | fifo.i.ready, "MAC array: output FIFO overflow "
+                                                         "(credits out of step)")
+
+        m.d.comb += [
+            self.o.valid.eq(fifo.o.valid),
+            fifo.o.ready.eq(self.o.ready),
+            self.o.payload.row.eq(fifo.o.payload.row),
+            self.o.payload.block.eq(fifo.o.payload.block),
+            self.o.payload.tile.eq(fifo.o.payload.tile),
+            self.o.payload.last.eq(fifo.o.payload.last),
+        ]
+        for c in range(cols):
+            m.d.comb += self.o.payload.sums[c].eq(fifo.o.payload.a[c])
+            if self._packed:
+                m.d.comb += self.o.payload.sums[cols + c].eq(fifo.o.payload.b[c])
+
+        # Credits: a block takes `rows` when it starts; each word delivered returns one.
+        delivered = self.o.valid & self.o.ready
+        m.d.sync += credits.eq(credits - Mux(reserve, rows, 0) + delivered)
+        m.d.comb += self.busy.eq(active | (credits != depth))
+
+        return m
+
+    @staticmethod
+    def _or_tree(m, items, name, *, reset_less):
+        """OR of ``items`` through registers, four inputs per register level."""
+        level = 0
+        while level == 0 or len(items) > 1:
+            merged = []
+            for group in range(0, len(items), 4):
+                reg = Signal(len(items[0]), name=f"{name}_l{level}_{group // 4}",
+                             reset_less=reset_less)
+                m.d.sync += reg.eq(reduce(or_, items[group:group + 4]))
+                merged.append(reg)
+            items, level = merged, level + 1
+        return items[0]

@@ -1,0 +1,198 @@
+"""Processing element of the MAC array: one multiplier, one (or two) block-sum accumulators."""
+
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+
+__all__ = ["ProcessingElement", "MULTIPLY_LATENCY", "LANE_SHIFT", "weight_operand_width",
+           "sum_widths", "is_ecp5"]
+
+
+#: Cycles from operands at a PE's inputs to their product at its accumulator: the input,
+#: pipeline and output registers of an ECP5 MULT18X18D, mirrored in the generic elaboration so
+#: that both have the same timing.
+MULTIPLY_LATENCY = 3
+
+#: Bit position of the second weight code in a packed operand. Each of the two products is at
+#: most 128 · 15 = 1920 in magnitude, so it fits the 12 bits below the shift (signed).
+LANE_SHIFT = 12
+
+#: Width of the activation codes (Q8_0 int8).
+ACTIVATION_WIDTH = 8
+
+
+def weight_operand_width(packed):
+    """Bits of the weight operand: int8, or two codes packed as ``a + b · 2**LANE_SHIFT``
+    (each in −12…15, so the operand is within ±2**16: 18 bits, the MULT18X18D's width)."""
+    return 18 if packed else 8
+
+
+def sum_widths(packed):
+    """Widths of the accumulators over one 32-element block.
+
+    Unpacked: one lane of x·w, |Σ| ≤ 32 · 128 · 128 = 2**19 → 21 bits signed.
+    Packed: the product splits into lane a, its low 12 bits as a signed number (|a| ≤ 2048,
+    |Σa| ≤ 65536 → 18 bits), and lane b, the rest (|Σb| ≤ 32 · 1920 in 4-bit modes → 17 bits).
+    """
+    return (18, 17) if packed else (21,)
+
+
+def is_ecp5(platform):
+    """True when elaborating for a Lattice ECP5 (hand-instantiated DSPs)."""
+    return getattr(platform, "family", None) == "ecp5"
+
+
+class ProcessingElement(wiring.Component):
+    """Multiply-accumulate cell: sums ``x · w`` over the products between ``first`` and ``last``.
+
+    Each cycle the PE multiplies its activation ``x`` by its weight operand ``w`` and passes
+    ``w`` on, registered, to the PE below (``w_next``). The product reaches the accumulator
+    :data:`MULTIPLY_LATENCY` cycles later. ``first`` and ``last`` describe that product and are
+    given one cycle before it arrives (``MULTIPLY_LATENCY - 1`` cycles after the operands): the
+    PE registers them itself, so that the row's flag registers drive one flip-flop per PE rather
+    than every accumulator bit.
+
+    Packed (``packed=True``): the weight operand holds two codes, ``w = a + b · 2**12``; the
+    single product ``x · w`` is split into ``x · a`` (its low 12 bits, as a signed number) and
+    ``x · b`` (the bits above plus bit 11, the borrow the signed low part took). The two lanes
+    accumulate separately. An int8 weight operand goes through the same split, and its sum is
+    ``sum_a + sum_b · 2**12``: one datapath serves every mode, and the mode matters only where
+    the array combines the lanes.
+
+    On ECP5 (``platform.family == "ecp5"``) the multiplier is a MULT18X18D with its input,
+    pipeline and output registers on; elsewhere it is ``*`` between the same three registers.
+
+    Parameters
+    ----------
+    packed : bool
+        Two products per multiplication (4-bit and ternary weight formats), two accumulators.
+
+    Members
+    -------
+    x : ``In(signed(8))``
+        Activation code.
+    w : ``In(signed(weight_operand_width(packed)))``
+        Weight operand.
+    w_next : ``Out(signed(weight_operand_width(packed)))``
+        ``w`` one cycle later, for the PE below.
+    first : ``In(1)``
+        The product arriving at the accumulator next cycle starts a block: the sum restarts.
+    last : ``In(1)``
+        The product arriving next cycle ends a block.
+    done : ``Out(1)``
+        The sums hold a complete block; high for one cycle.
+    sum_a : ``Out(signed(sum_widths(packed)[0]))``
+        Block sum of lane a (the whole product when not packed); zero unless ``done``.
+    sum_b : ``Out(signed(17))``
+        Block sum of lane b; zero unless ``done``. Only when packed.
+    """
+
+    def __init__(self, *, packed):
+        if not isinstance(packed, bool):
+            raise TypeError(f"PE packed must be True or False, not {packed!r}")
+        self._packed = packed
+        members = {
+            "x": In(signed(ACTIVATION_WIDTH)),
+            "w": In(signed(weight_operand_width(packed))),
+            "w_next": Out(signed(weight_operand_width(packed))),
+            "first": In(1),
+            "last": In(1),
+            "done": Out(1),
+        }
+        for lane, width in zip("ab", sum_widths(packed)):
+            members[f"sum_{lane}"] = Out(signed(width))
+        super().__init__(members)
+
+    @property
+    def packed(self):
+        return self._packed
+
+    def elaborate(self, platform):
+        m = Module()
+
+        m.d.sync += self.w_next.eq(self.w)
+
+        product_width = ACTIVATION_WIDTH + weight_operand_width(self._packed)
+        product = Signal(signed(product_width))
+        if is_ecp5(platform):
+            self._multiply_ecp5(m, product)
+        else:
+            x_q = Signal.like(self.x, reset_less=True)
+            w_q = Signal.like(self.w, reset_less=True)
+            product_q = Signal.like(product, reset_less=True)
+            m.d.sync += [x_q.eq(self.x), w_q.eq(self.w), product_q.eq(x_q * w_q),
+                         product.eq(product_q)]
+
+        first = Signal()
+        last = Signal()
+        m.d.sync += [first.eq(self.first), last.eq(self.last), self.done.eq(last)]
+
+        # The accumulators hold garbage until the first block; `done` gates every read.
+        widths = sum_widths(self._packed)
+        sums = [Signal(signed(width), reset_less=True, name=f"acc_{lane}")
+                for lane, width in zip("ab", widths)]
+        bases = [Mux(first, 0, acc) for acc in sums]
+        if self._packed:
+            low = product[:LANE_SHIFT].as_signed()
+            high = product[LANE_SHIFT:].as_signed()
+            m.d.sync += sums[0].eq(bases[0] + low)
+            # base + high + product[11] as one adder: bit 0 of the two addends is (1, p[11]),
+            # so the carry out of bit 0 is exactly p[11].
+            width_b = widths[1] + 1
+            base_b = Signal(signed(width_b))
+            high_b = Signal(signed(width_b))
+            total = Signal(width_b + 1)
+            m.d.comb += [
+                base_b.eq(bases[1]),
+                high_b.eq(high),
+                total.eq(Cat(Const(1, 1), base_b) + Cat(product[LANE_SHIFT - 1], high_b)),
+            ]
+            m.d.sync += sums[1].eq(total[1:])
+        else:
+            m.d.sync += sums[0].eq(bases[0] + product)
+
+        for lane, acc in zip("ab", sums):
+            m.d.comb += getattr(self, f"sum_{lane}").eq(Mux(self.done, acc, 0))
+
+        return m
+
+    def _multiply_ecp5(self, m, product):
+        # Operands sign-extended to 18 bits; signed multiply; input, pipeline and output
+        # registers clocked by CLK0 and always enabled. Reset is unused: the registers hold data
+        # whose validity travels in the PE's flags.
+        a = Signal(18)
+        b = Signal(18)
+        p = Signal(36)
+        m.d.comb += [a.eq(self.x.as_signed()), b.eq(self.w.as_signed()),
+                     product.eq(p[:len(product)])]
+        ports = {}
+        for i in range(18):
+            ports[f"i_A{i}"] = a[i]
+            ports[f"i_B{i}"] = b[i]
+            ports[f"i_C{i}"] = Const(0, 1)
+        for i in range(36):
+            ports[f"o_P{i}"] = p[i]
+        clocked = {}
+        for register in ("INPUTA", "INPUTB", "PIPELINE", "OUTPUT"):
+            clocked[f"p_REG_{register}_CLK"] = "CLK0"
+            clocked[f"p_REG_{register}_CE"] = "CE0"
+            clocked[f"p_REG_{register}_RST"] = "RST0"
+        m.submodules.multiplier = Instance(
+            "MULT18X18D",
+            **clocked,
+            p_REG_INPUTC_CLK="NONE",
+            p_GSR="DISABLED",
+            p_RESETMODE="SYNC",
+            p_MULT_BYPASS="DISABLED",
+            p_SOURCEB_MODE="B_SHIFT",
+            p_CAS_MATCH_REG="FALSE",
+            p_HIGHSPEED_CLK="NONE",
+            p_CLK0_DIV="ENABLED",
+            i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
+            i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+            i_CLK0=ClockSignal(), i_CLK1=Const(0, 1), i_CLK2=Const(0, 1), i_CLK3=Const(0, 1),
+            i_CE0=Const(1, 1), i_CE1=Const(0, 1), i_CE2=Const(0, 1), i_CE3=Const(0, 1),
+            i_RST0=Const(0, 1), i_RST1=Const(0, 1), i_RST2=Const(0, 1), i_RST3=Const(0, 1),
+            **ports,
+        )
