@@ -41,6 +41,7 @@ docs: $(STAMP)
 # Benchmarks: simulation and synthesis sweeps, kept out of the test suite.
 bench: $(STAMP) docs
 	$(BIN)/tessera bench sram
+	$(BIN)/tessera bench array
 
 clean:
 	rm -rf build

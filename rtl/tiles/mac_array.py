@@ -155,19 +155,21 @@ class MACArray(wiring.Component):
 
     @property
     def gather_levels(self):
-        """Register levels of each column's output OR-tree (fan-in 4 per level)."""
-        levels, width = 1, 4
-        while width < self._rows:
-            levels, width = levels + 1, width * 4
+        """Register levels of each column's output OR-tree (see :meth:`_or_tree`)."""
+        levels, count = 0, self._rows
+        while levels == 0 or count > 1:
+            count = -(-count // (2 if levels == 0 else 4))
+            levels += 1
         return levels
 
     @property
     def latency(self):
         """Cycles from taking a block's last k-step to row 0's output word being offered on
         ``o`` (row r follows r cycles later), when ``o`` is ready."""
-        # Edge registers, PE latency, the accumulator and `done`, the gather tree, the lane
-        # combiner, and the block-RAM FIFO (two cycles from write to output).
-        return 1 + MULTIPLY_LATENCY + 1 + self.gather_levels + 1 + 2
+        # Input registers, edge registers, PE latency, the accumulator and `done`, the gather
+        # tree, the tag and lane-combiner stages, and the buffered FIFO (two cycles from write
+        # to output).
+        return 2 + MULTIPLY_LATENCY + 1 + self.gather_levels + 2 + 2
 
     def _operand(self, m, byte, mode):
         """The PE weight operand for one column's byte under ``mode``."""
@@ -214,32 +216,57 @@ class MACArray(wiring.Component):
         depth = self.fifo_depth
         credits = Signal(range(depth + 1), init=depth)
 
+        # A command waits in a register, checked, until the current one has taken its last
+        # step; so the checks are off the path that starts it, and consecutive commands
+        # follow each other without a gap.
         command = self.i_cmd.payload
-        mode_ok = reduce(or_, (command.mode == mode_code(name) for name in self._formats))
-        m.d.comb += self.i_cmd.ready.eq(~active)
-        with m.If(self.i_cmd.valid & ~active):
-            with m.If((command.blocks == 0) | (command.tiles == 0)):
+        pending = Signal(COMMAND_LAYOUT)
+        pending_valid = Signal()
+        pending_empty = Signal()
+        pending_ok = Signal()
+        m.d.comb += self.i_cmd.ready.eq(~pending_valid)
+        with m.If(self.i_cmd.valid & ~pending_valid):
+            m.d.sync += [
+                pending.eq(command),
+                pending_valid.eq(1),
+                pending_empty.eq((command.blocks == 0) | (command.tiles == 0)),
+                pending_ok.eq(reduce(or_, (command.mode == mode_code(name)
+                                           for name in self._formats))),
+            ]
+        # One copy of the mode per column decoder, each with a fan-out of one column.
+        column_modes = [Signal(3, name=f"mode_{c}") for c in range(cols)]
+        with m.If(pending_valid & ~active):
+            m.d.sync += pending_valid.eq(0)
+            with m.If(pending_empty):
                 m.d.sync += self.errors.empty.eq(1)
             with m.Else():
                 m.d.sync += [
                     active.eq(1),
-                    discard.eq(~mode_ok),
-                    mode.eq(command.mode),
-                    blocks_m1.eq(command.blocks - 1),
-                    tiles_m1.eq(command.tiles - 1),
+                    discard.eq(~pending_ok),
+                    mode.eq(pending.mode),
+                    *(column.eq(pending.mode) for column in column_modes),
+                    blocks_m1.eq(pending.blocks - 1),
+                    tiles_m1.eq(pending.tiles - 1),
                     step.eq(0), block.eq(0), tile.eq(0),
                 ]
-                with m.If(~mode_ok):
+                with m.If(~pending_ok):
                     m.d.sync += self.errors.mode.eq(1)
         with m.If(self.clear):
             m.d.sync += self.errors.eq(0)
 
         starts_block = step == 0
         ends_block = step == BLOCK - 1
-        last_block = block == blocks_m1
-        last_tile = tile == tiles_m1
-        # A block starts only when the output FIFO has room for all of its rows.
-        go = active & (discard | ~starts_block | (credits >= rows))
+        # Registered comparisons: a cycle old, which is safe because block and tile change
+        # only at the end of a block, at least 32 cycles before they are next looked at.
+        last_block = Signal()
+        last_tile = Signal()
+        m.d.sync += [last_block.eq(block == blocks_m1), last_tile.eq(tile == tiles_m1)]
+        # A block starts only when the output FIFO has room for all of its rows. `room` is a
+        # cycle old; that is safe because blocks start at least 32 cycles apart and a stale
+        # value can only have missed a delivery, which adds credits.
+        room = Signal()
+        m.d.sync += room.eq(credits >= rows)
+        go = active & (discard | ~starts_block | room)
         m.d.comb += [
             self.i_x.ready.eq(go & self.i_w.valid),
             self.i_w.ready.eq(go & self.i_x.valid),
@@ -265,8 +292,10 @@ class MACArray(wiring.Component):
         tag_layout = data.StructLayout({"tile": 16, "block": 16, "last": 1, "wide": 1})
         m.submodules.tags = tags = StreamFIFO(tag_layout, FIFO_BLOCKS)
         reserve = compute & starts_block
+        # The tag goes in when the block's last step is taken: the counters' comparisons are
+        # settled by then, and the tag still precedes the block's sums by the array's latency.
         m.d.comb += [
-            tags.i.valid.eq(reserve),
+            tags.i.valid.eq(compute & ends_block),
             tags.i.payload.tile.eq(tile),
             tags.i.payload.block.eq(block),
             tags.i.payload.last.eq(last_block & last_tile),
@@ -276,17 +305,27 @@ class MACArray(wiring.Component):
                                                         "than tags")
 
         # ---- West and north edges: skew the activations, decode the weights ---------------
+        # The input payloads are registered as they are, with no enable, so that `take` (a long
+        # path from the valids and the credit check) drives only the control; whether a step
+        # was taken follows in registers, one copy per row.
+        x_q = Signal(data.ArrayLayout(signed(8), rows), reset_less=True)
+        w_q = Signal(data.ArrayLayout(unsigned(8), cols), reset_less=True)
+        m.d.sync += [x_q.eq(self.i_x.payload), w_q.eq(self.i_w.payload)]
+        flags_layout = data.StructLayout({"first": 1, "last": 1})
+        flags_in = Signal(flags_layout)
+        m.d.sync += [flags_in.first.eq(compute & starts_block),
+                     flags_in.last.eq(compute & ends_block)]
+        flags = Signal(flags_layout, name="flags_edge")
+        m.d.sync += flags.eq(flags_in)
+
         # Row r sees k-step s r cycles after row 0; a step not taken enters as zeros, so it adds
         # nothing.
-        flags_layout = data.StructLayout({"first": 1, "last": 1})
         row_flags = []
         row_x = []
-        x_in = Mux(compute, self.i_x.payload.as_value(), 0)
-        x_in = data.ArrayLayout(signed(8), rows)(x_in)
-        flags = Signal(flags_layout, name="flags_edge")
-        m.d.sync += [flags.first.eq(compute & starts_block), flags.last.eq(compute & ends_block)]
         for r in range(rows):
-            value = x_in[r]
+            taken = Signal(name=f"taken_{r}")
+            m.d.sync += taken.eq(compute)
+            value = Mux(taken, x_q[r], 0)
             for stage in range(r + 1):
                 reg = Signal(signed(8), reset_less=True, name=f"x_skew_{r}_{stage}")
                 m.d.sync += reg.eq(value)
@@ -303,7 +342,7 @@ class MACArray(wiring.Component):
         for c in range(cols):
             reg = Signal(signed(weight_operand_width(self._packed)), reset_less=True,
                          name=f"w_edge_{c}")
-            m.d.sync += reg.eq(self._operand(m, self.i_w.payload[c], mode))
+            m.d.sync += reg.eq(self._operand(m, w_q[c], column_modes[c]))
             weights.append(reg)
 
         # ---- The PEs ----------------------------------------------------------------------
@@ -345,8 +384,23 @@ class MACArray(wiring.Component):
         row = Signal(range(rows), name="out_row")
         with m.If(valid):
             m.d.sync += row.eq(Mux(row == rows - 1, 0, row + 1))
-        m.d.comb += tags.o.ready.eq(valid & (row == rows - 1))
-        m.d.sync += Assert(~valid | tags.o.valid, "MAC array: block sums without a tag")
+        m.d.sync += Assert(~(valid & (row == 0)) | tags.o.valid,
+                           "MAC array: block sums without a tag")
+
+        # Tag stage: row 0 of a block takes its tag from the tag FIFO into registers (a copy of
+        # the mode bit per column, each driving only that column's combiner), so the LUT RAM
+        # read never sits in front of the adders.
+        tag = Signal(tag_layout)
+        wide = Signal(cols)
+        m.d.comb += tags.o.ready.eq(valid & (row == 0))
+        with m.If(valid & (row == 0)):
+            m.d.sync += [tag.eq(tags.o.payload), wide.eq(tags.o.payload.wide.replicate(cols))]
+        staged_valid = Signal()
+        staged_row = Signal.like(row)
+        staged = [Signal.like(g, reset_less=True, name=f"staged_{c}")
+                  for c, g in enumerate(gathered)]
+        m.d.sync += [staged_valid.eq(valid), staged_row.eq(row),
+                     *(st.eq(g) for st, g in zip(staged, gathered))]
 
         fifo_lanes = {"a": data.ArrayLayout(signed(21), cols)}
         if self._packed:
@@ -357,20 +411,19 @@ class MACArray(wiring.Component):
             "block": 16, "tile": 16, "last": 1,
         })
         m.submodules.fifo = fifo = StreamFIFO(fifo_layout, depth, buffered=True)
-        tag = tags.o.payload
         m.d.sync += [
-            fifo.i.valid.eq(valid),
-            fifo.i.payload.row.eq(row),
+            fifo.i.valid.eq(staged_valid),
+            fifo.i.payload.row.eq(staged_row),
             fifo.i.payload.block.eq(tag.block),
             fifo.i.payload.tile.eq(tag.tile),
-            fifo.i.payload.last.eq(tag.last & (row == rows - 1)),
+            fifo.i.payload.last.eq(tag.last & (staged_row == rows - 1)),
         ]
         for c in range(cols):
-            sum_a = gathered[c][:widths[0]].as_signed()
+            sum_a = staged[c][:widths[0]].as_signed()
             if self._packed:
-                sum_b = gathered[c][widths[0]:].as_signed()
+                sum_b = staged[c][widths[0]:].as_signed()
                 # Q8_0 went through the packed split too: put the lanes back together.
-                with m.If(tag.wide):
+                with m.If(wide[c]):
                     m.d.sync += [fifo.i.payload.a[c].eq(sum_a + (sum_b << LANE_SHIFT)),
                                  fifo.i.payload.b[c].eq(0)]
                 with m.Else():
@@ -402,14 +455,16 @@ class MACArray(wiring.Component):
 
     @staticmethod
     def _or_tree(m, items, name, *, reset_less):
-        """OR of ``items`` through registers, four inputs per register level."""
+        """OR of ``items`` through registers: pairs first (a PE's sum gated by its `done`, ORed
+        with its neighbour's, is one LUT4 per bit), then four inputs (one LUT4) per level."""
         level = 0
         while level == 0 or len(items) > 1:
             merged = []
-            for group in range(0, len(items), 4):
-                reg = Signal(len(items[0]), name=f"{name}_l{level}_{group // 4}",
+            fan_in = 2 if level == 0 else 4
+            for group in range(0, len(items), fan_in):
+                reg = Signal(len(items[0]), name=f"{name}_l{level}_{group // fan_in}",
                              reset_less=reset_less)
-                m.d.sync += reg.eq(reduce(or_, items[group:group + 4]))
+                m.d.sync += reg.eq(reduce(or_, items[group:group + fan_in]))
                 merged.append(reg)
             items, level = merged, level + 1
         return items[0]
