@@ -5,10 +5,12 @@ from operator import or_
 
 from amaranth.hdl import Array, Assert, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import MAX_ARRAY_ROWS, PACKED_FORMATS, WEIGHT_FORMATS
 from ..fifo import StreamFIFO
+from ..stream_rules import assert_stream_rules
 from .pe import LANE_SHIFT, MULTIPLY_LATENCY, ProcessingElement, sum_widths, \
     weight_operand_width
 
@@ -21,9 +23,9 @@ __all__ = ["MACArray", "COMMAND_LAYOUT", "ERROR_LAYOUT", "BLOCK", "mode_code"]
 BLOCK = 32
 
 #: Output words the array can hold per row of PEs: enough for the blocks in flight between
-#: accepting a block's first step and its sums leaving the output FIFO, so that a consumer that
+#: accepting a block's first step and its sums leaving the output buffer, so that a consumer that
 #: keeps up never slows the array.
-FIFO_BLOCKS = 4
+FIFO_BLOCKS = 2
 
 #: One matmul: weight format (index in WEIGHT_FORMATS), K / 32, and the number of output tiles.
 COMMAND_LAYOUT = data.StructLayout({"mode": 3, "blocks": 16, "tiles": 16})
@@ -66,7 +68,7 @@ class MACArray(wiring.Component):
     activation code per row) and one ``i_w`` word (one weight byte per column), taken together.
     For every block of every tile the array emits ``rows`` words on ``o``, one per row, in row
     order, tagged with tile, block and row; ``last`` marks the final word of the command. There
-    is no global stall: the array only starts a block when its output FIFO has room for the
+    is no global stall: the array only starts a block when its output buffer has room for the
     block's sums, so random backpressure on ``o`` slows the inputs, never the PEs.
 
     Bad input: a mode that is undefined or not in ``formats`` sets ``errors.mode``; its steps
@@ -150,7 +152,8 @@ class MACArray(wiring.Component):
 
     @property
     def fifo_depth(self):
-        """Output words buffered (and the credit count the inputs wait for)."""
+        """Output words buffered (and the credit count the inputs wait for): two blocks, which
+        is what a block every 32 cycles needs when the consumer keeps up."""
         return FIFO_BLOCKS * self._rows
 
     @property
@@ -167,7 +170,7 @@ class MACArray(wiring.Component):
         """Cycles from taking a block's last k-step to row 0's output word being offered on
         ``o`` (row r follows r cycles later), when ``o`` is ready."""
         # Input registers, edge registers, PE latency, the accumulator and `done`, the gather
-        # tree, the tag and lane-combiner stages, and the buffered FIFO (two cycles from write
+        # tree, the tag and lane-combiner stages, and the output buffer (two cycles from write
         # to output).
         return 2 + MULTIPLY_LATENCY + 1 + self.gather_levels + 2 + 2
 
@@ -212,6 +215,10 @@ class MACArray(wiring.Component):
         step = Signal(range(BLOCK))
         block = Signal(16)
         tile = Signal(16)
+        # Where the next step falls in its block, kept in registers rather than decoded from
+        # `step` in front of `take`.
+        starts_block = Signal()
+        ends_block = Signal()
 
         depth = self.fifo_depth
         credits = Signal(range(depth + 1), init=depth)
@@ -248,20 +255,19 @@ class MACArray(wiring.Component):
                     blocks_m1.eq(pending.blocks - 1),
                     tiles_m1.eq(pending.tiles - 1),
                     step.eq(0), block.eq(0), tile.eq(0),
+                    starts_block.eq(1), ends_block.eq(0),
                 ]
                 with m.If(~pending_ok):
                     m.d.sync += self.errors.mode.eq(1)
         with m.If(self.clear):
             m.d.sync += self.errors.eq(0)
 
-        starts_block = step == 0
-        ends_block = step == BLOCK - 1
         # Registered comparisons: a cycle old, which is safe because block and tile change
         # only at the end of a block, at least 32 cycles before they are next looked at.
         last_block = Signal()
         last_tile = Signal()
         m.d.sync += [last_block.eq(block == blocks_m1), last_tile.eq(tile == tiles_m1)]
-        # A block starts only when the output FIFO has room for all of its rows. `room` is a
+        # A block starts only when the output buffer has room for all of its rows. `room` is a
         # cycle old; that is safe because blocks start at least 32 cycles apart and a stale
         # value can only have missed a delivery, which adds credits.
         room = Signal()
@@ -274,7 +280,8 @@ class MACArray(wiring.Component):
         take = Signal()
         m.d.comb += take.eq(go & self.i_x.valid & self.i_w.valid)
         with m.If(take):
-            m.d.sync += step.eq(step + 1)
+            m.d.sync += [step.eq(step + 1), starts_block.eq(ends_block),
+                         ends_block.eq(step == BLOCK - 2)]
             with m.If(ends_block):
                 m.d.sync += step.eq(0)
                 with m.If(last_block):
@@ -371,7 +378,7 @@ class MACArray(wiring.Component):
                     pe.last.eq(lead.last),
                 ]
 
-        # ---- Output: one OR-tree per column, then the lane combiner and the FIFO ------------
+        # ---- Output: one OR-tree per column, then the lane combiner and the buffer ------------
         # Within a column at most one PE is `done` in any cycle, and the others output zero.
         widths = sum_widths(self._packed)
         gathered = []
@@ -410,13 +417,14 @@ class MACArray(wiring.Component):
             "row": self._output_layout["row"].shape,
             "block": 16, "tile": 16, "last": 1,
         })
-        m.submodules.fifo = fifo = StreamFIFO(fifo_layout, depth, buffered=True)
+        entry = Signal(fifo_layout, reset_less=True)
+        entry_valid = Signal()
         m.d.sync += [
-            fifo.i.valid.eq(staged_valid),
-            fifo.i.payload.row.eq(staged_row),
-            fifo.i.payload.block.eq(tag.block),
-            fifo.i.payload.tile.eq(tag.tile),
-            fifo.i.payload.last.eq(tag.last & (staged_row == rows - 1)),
+            entry_valid.eq(staged_valid),
+            entry.row.eq(staged_row),
+            entry.block.eq(tag.block),
+            entry.tile.eq(tag.tile),
+            entry.last.eq(tag.last & (staged_row == rows - 1)),
         ]
         for c in range(cols):
             sum_a = staged[c][:widths[0]].as_signed()
@@ -424,27 +432,55 @@ class MACArray(wiring.Component):
                 sum_b = staged[c][widths[0]:].as_signed()
                 # Q8_0 went through the packed split too: put the lanes back together.
                 with m.If(wide[c]):
-                    m.d.sync += [fifo.i.payload.a[c].eq(sum_a + (sum_b << LANE_SHIFT)),
-                                 fifo.i.payload.b[c].eq(0)]
+                    m.d.sync += [entry.a[c].eq(sum_a + (sum_b << LANE_SHIFT)),
+                                 entry.b[c].eq(0)]
                 with m.Else():
-                    m.d.sync += [fifo.i.payload.a[c].eq(sum_a), fifo.i.payload.b[c].eq(sum_b)]
+                    m.d.sync += [entry.a[c].eq(sum_a), entry.b[c].eq(sum_b)]
             else:
-                m.d.sync += fifo.i.payload.a[c].eq(sum_a)
-        m.d.sync += Assert(~fifo.i.valid | fifo.i.ready, "MAC array: output FIFO overflow "
-                                                         "(credits out of step)")
+                m.d.sync += entry.a[c].eq(sum_a)
+
+        # Output buffer. Not lib.fifo: the credits already guarantee room, so the write enable
+        # is `entry_valid` straight from its register, with no full check in front of the
+        # ~90 LUT RAM cells it drives; and the output is a register, not a RAM read.
+        m.submodules.buffer = buffer = Memory(shape=fifo_layout, depth=depth, init=[])
+        write = buffer.write_port()
+        read = buffer.read_port(domain="comb")
+        write_ptr = Signal(range(depth))
+        read_ptr = Signal(range(depth))
+        held = Signal(range(depth + 1))
+        nonempty = Signal()
+        out_valid = Signal()
+        out = Signal(fifo_layout, reset_less=True)
+        load = Signal()
+        m.d.comb += [
+            write.addr.eq(write_ptr), write.data.eq(entry), write.en.eq(entry_valid),
+            read.addr.eq(read_ptr),
+            load.eq(nonempty & (~out_valid | self.o.ready)),
+        ]
+        with m.If(entry_valid):
+            m.d.sync += write_ptr.eq(Mux(write_ptr == depth - 1, 0, write_ptr + 1))
+        with m.If(load):
+            m.d.sync += [out.eq(read.data), out_valid.eq(1),
+                         read_ptr.eq(Mux(read_ptr == depth - 1, 0, read_ptr + 1))]
+        with m.Elif(self.o.ready):
+            m.d.sync += out_valid.eq(0)
+        held_next = held + entry_valid - load
+        m.d.sync += [held.eq(held_next), nonempty.eq(held_next != 0)]
+        m.d.sync += Assert(~entry_valid | load | (held != depth),
+                           "MAC array: output buffer overflow (credits out of step)")
 
         m.d.comb += [
-            self.o.valid.eq(fifo.o.valid),
-            fifo.o.ready.eq(self.o.ready),
-            self.o.payload.row.eq(fifo.o.payload.row),
-            self.o.payload.block.eq(fifo.o.payload.block),
-            self.o.payload.tile.eq(fifo.o.payload.tile),
-            self.o.payload.last.eq(fifo.o.payload.last),
+            self.o.valid.eq(out_valid),
+            self.o.payload.row.eq(out.row),
+            self.o.payload.block.eq(out.block),
+            self.o.payload.tile.eq(out.tile),
+            self.o.payload.last.eq(out.last),
         ]
         for c in range(cols):
-            m.d.comb += self.o.payload.sums[c].eq(fifo.o.payload.a[c])
+            m.d.comb += self.o.payload.sums[c].eq(out.a[c])
             if self._packed:
-                m.d.comb += self.o.payload.sums[cols + c].eq(fifo.o.payload.b[c])
+                m.d.comb += self.o.payload.sums[cols + c].eq(out.b[c])
+        assert_stream_rules(m, self.o, "o")
 
         # Credits: a block takes `rows` when it starts; each word delivered returns one.
         delivered = self.o.valid & self.o.ready
