@@ -125,6 +125,13 @@ def _run_pe(packed, steps):
     return results
 
 
+def _word(a, b=0):
+    """A packed weight word as weight_word_width() documents it: ``a`` in bits 0-7, ``b`` minus
+    the sign of ``a`` in bits 8-13; as a signed 14-bit number."""
+    raw = (a & 0xFF) | ((b - (a < 0)) & 0x3F) << 8
+    return raw - (1 << 14) if raw >> 13 else raw
+
+
 def _block(pairs):
     return [(x, w, i == 0, i == len(pairs) - 1) for i, (x, w) in enumerate(pairs)]
 
@@ -136,15 +143,14 @@ def _block(pairs):
 def test_pe_packed_extremes(x, a, b):
     # A whole block of the same extreme pair: the lanes must not leak into each other even
     # when 32 borrows accumulate.
-    operand = a + (b << LANE_SHIFT)
-    (sum_a, sum_b), = _run_pe(True, _block([(x, operand)] * 32))
+    (sum_a, sum_b), = _run_pe(True, _block([(x, _word(a, b))] * 32))
     assert (sum_a, sum_b) == (32 * x * a, 32 * x * b)
 
 
 @pytest.mark.parametrize("x, w", [(-128, -128), (-128, 127), (127, -128), (-1, 1)])
 def test_pe_int8_through_packed_lanes(x, w):
     # Q8_0 goes through the same split: the block sum is sum_a + sum_b · 2**12.
-    (sum_a, sum_b), = _run_pe(True, _block([(x, w)] * 32))
+    (sum_a, sum_b), = _run_pe(True, _block([(x, _word(w))] * 32))
     assert sum_a + (sum_b << LANE_SHIFT) == 32 * x * w
     (only,), = [(s,) for s, _ in _run_pe(False, _block([(x, w)] * 32))]
     assert only == 32 * x * w
@@ -157,7 +163,7 @@ def test_pe_random_blocks_back_to_back():
         xs = rng.integers(-128, 128, 32)
         a = rng.integers(-12, 16, 32)
         b = rng.integers(-12, 16, 32)
-        steps += _block(list(zip(xs.tolist(), (a + (b << LANE_SHIFT)).tolist())))
+        steps += _block([(int(xv), _word(int(av), int(bv))) for xv, av, bv in zip(xs, a, b)])
         expected.append((int(xs @ a), int(xs @ b)))
     assert _run_pe(True, steps) == expected
 

@@ -12,7 +12,7 @@ from ..config import MAX_ARRAY_ROWS, PACKED_FORMATS, WEIGHT_FORMATS
 from ..fifo import StreamFIFO
 from ..stream_rules import assert_stream_rules
 from .pe import LANE_SHIFT, MULTIPLY_LATENCY, ProcessingElement, sum_widths, \
-    weight_operand_width
+    weight_word_width
 
 
 __all__ = ["MACArray", "COMMAND_LAYOUT", "ERROR_LAYOUT", "BLOCK", "mode_code"]
@@ -169,15 +169,18 @@ class MACArray(wiring.Component):
     def latency(self):
         """Cycles from taking a block's last k-step to row 0's output word being offered on
         ``o`` (row r follows r cycles later), when ``o`` is ready."""
-        # Input registers, edge registers, PE latency, the accumulator and `done`, the gather
-        # tree, the tag and lane-combiner stages, and the output buffer (two cycles from write
-        # to output).
-        return 2 + MULTIPLY_LATENCY + 1 + self.gather_levels + 2 + 2
+        # Input registers, weight decode, edge registers, PE latency, the accumulator and
+        # `done`, the gather tree, the tag stage, the combiner writing the buffer, and the
+        # buffer's output register.
+        return 3 + MULTIPLY_LATENCY + 1 + self.gather_levels + 1 + 1 + 1
 
     def _operand(self, m, byte, mode):
-        """The PE weight operand for one column's byte under ``mode``."""
+        """The PE weight word for one column's byte under ``mode``, two registers later: the
+        codes are decoded into registers, then assembled into a registered word."""
         if not self._packed:
-            return byte.as_signed()
+            byte_q = Signal(signed(8), reset_less=True, name="byte_q")
+            m.d.sync += byte_q.eq(byte)
+            return byte_q
         codes = []
         for half, nibble in enumerate((byte[:4], byte[4:])):
             value = Signal(signed(5), name=f"code_{half}")
@@ -194,13 +197,21 @@ class MACArray(wiring.Component):
                             m.d.comb += value.eq(table[nibble])
                         elif name == "TQ2_0":
                             m.d.comb += value.eq(nibble[:2] - 1)
-            codes.append(value)
-        operand = Signal(signed(weight_operand_width(True)))
-        m.d.comb += operand.eq(codes[0] + (codes[1] << LANE_SHIFT))
-        if "Q8_0" in self._formats:
-            with m.If(mode == mode_code("Q8_0")):
-                m.d.comb += operand.eq(byte.as_signed())
-        return operand
+            value_q = Signal(signed(5), reset_less=True, name=f"code_{half}_q")
+            m.d.sync += value_q.eq(value)
+            codes.append(value_q)
+        byte_q = Signal(signed(8), reset_less=True, name="byte_q")
+        wide_q = Signal(name="wide_q")
+        m.d.sync += [byte_q.eq(byte), wide_q.eq(mode == mode_code("Q8_0"))]
+        # The word is the operand a + b·2**12 without its sign-extension bits: the low code
+        # (8 bits) and, above it, b minus the low code's sign (what the carry out of the
+        # sign-extended low part subtracts). The PE re-inserts the sign bits as wires.
+        low = Signal(signed(8))
+        m.d.comb += low.eq(Mux(wide_q, byte_q, codes[0]))
+        high = Mux(wide_q, 0, codes[1])
+        word = Signal(signed(weight_word_width(True)))
+        m.d.comb += word.eq(Cat(low, (high - low[7])[:6]))
+        return word
 
     def elaborate(self, platform):
         m = Module()
@@ -315,15 +326,21 @@ class MACArray(wiring.Component):
         # The input payloads are registered as they are, with no enable, so that `take` (a long
         # path from the valids and the credit check) drives only the control; whether a step
         # was taken follows in registers, one copy per row.
+        # The weights take two more registers to decode (see _operand); the activations and
+        # flags wait for them.
         x_q = Signal(data.ArrayLayout(signed(8), rows), reset_less=True)
+        x_qq = Signal(data.ArrayLayout(signed(8), rows), reset_less=True)
         w_q = Signal(data.ArrayLayout(unsigned(8), cols), reset_less=True)
-        m.d.sync += [x_q.eq(self.i_x.payload), w_q.eq(self.i_w.payload)]
+        compute_q = Signal()
+        m.d.sync += [x_q.eq(self.i_x.payload), x_qq.eq(x_q), w_q.eq(self.i_w.payload),
+                     compute_q.eq(compute)]
         flags_layout = data.StructLayout({"first": 1, "last": 1})
         flags_in = Signal(flags_layout)
         m.d.sync += [flags_in.first.eq(compute & starts_block),
                      flags_in.last.eq(compute & ends_block)]
+        flags_mid = Signal(flags_layout)
         flags = Signal(flags_layout, name="flags_edge")
-        m.d.sync += flags.eq(flags_in)
+        m.d.sync += [flags_mid.eq(flags_in), flags.eq(flags_mid)]
 
         # Row r sees k-step s r cycles after row 0; a step not taken enters as zeros, so it adds
         # nothing.
@@ -331,8 +348,8 @@ class MACArray(wiring.Component):
         row_x = []
         for r in range(rows):
             taken = Signal(name=f"taken_{r}")
-            m.d.sync += taken.eq(compute)
-            value = Mux(taken, x_q[r], 0)
+            m.d.sync += taken.eq(compute_q)
+            value = Mux(taken, x_qq[r], 0)
             for stage in range(r + 1):
                 reg = Signal(signed(8), reset_less=True, name=f"x_skew_{r}_{stage}")
                 m.d.sync += reg.eq(value)
@@ -347,7 +364,7 @@ class MACArray(wiring.Component):
 
         weights = []
         for c in range(cols):
-            reg = Signal(signed(weight_operand_width(self._packed)), reset_less=True,
+            reg = Signal(signed(weight_word_width(self._packed)), reset_less=True,
                          name=f"w_edge_{c}")
             m.d.sync += reg.eq(self._operand(m, w_q[c], column_modes[c]))
             weights.append(reg)
@@ -417,9 +434,11 @@ class MACArray(wiring.Component):
             "row": self._output_layout["row"].shape,
             "block": 16, "tile": 16, "last": 1,
         })
-        entry = Signal(fifo_layout, reset_less=True)
+        # The combined word goes straight into the buffer's LUT RAM, whose write is the
+        # register of this stage.
+        entry = Signal(fifo_layout)
         entry_valid = Signal()
-        m.d.sync += [
+        m.d.comb += [
             entry_valid.eq(staged_valid),
             entry.row.eq(staged_row),
             entry.block.eq(tag.block),
@@ -432,15 +451,15 @@ class MACArray(wiring.Component):
                 sum_b = staged[c][widths[0]:].as_signed()
                 # Q8_0 went through the packed split too: put the lanes back together.
                 with m.If(wide[c]):
-                    m.d.sync += [entry.a[c].eq(sum_a + (sum_b << LANE_SHIFT)),
+                    m.d.comb += [entry.a[c].eq(sum_a + (sum_b << LANE_SHIFT)),
                                  entry.b[c].eq(0)]
                 with m.Else():
-                    m.d.sync += [entry.a[c].eq(sum_a), entry.b[c].eq(sum_b)]
+                    m.d.comb += [entry.a[c].eq(sum_a), entry.b[c].eq(sum_b)]
             else:
-                m.d.sync += entry.a[c].eq(sum_a)
+                m.d.comb += entry.a[c].eq(sum_a)
 
         # Output buffer. Not lib.fifo: the credits already guarantee room, so the write enable
-        # is `entry_valid` straight from its register, with no full check in front of the
+        # is `staged_valid` straight from its register, with no full check in front of the
         # ~90 LUT RAM cells it drives; and the output is a register, not a RAM read.
         m.submodules.buffer = buffer = Memory(shape=fifo_layout, depth=depth, init=[])
         write = buffer.write_port()
