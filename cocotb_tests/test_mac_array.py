@@ -29,6 +29,13 @@ def _pack(values, width):
     return sum((int(v) & mask) << (width * i) for i, v in enumerate(values))
 
 
+def pack_weights(pairs, packed):
+    """One ``i_w`` word: per column ``lo`` (8 bits) and, in a packed array, ``hi`` (5 bits)."""
+    if packed:
+        return _pack([(lo & 0xFF) | (hi & 0x1F) << 8 for lo, hi in pairs], 13)
+    return _pack([lo for lo, _ in pairs], 8)
+
+
 def _signed(value, width):
     return value - (1 << width) if value >> (width - 1) & 1 else value
 
@@ -81,11 +88,12 @@ async def matmuls(dut):
         if index == bad_at:
             commands.append(_pack([UNDEFINED_MODE], 3) | 2 << 3 | 1 << 19)
             x_words += [_pack(nrng.integers(-128, 128, p["rows"]), 8) for _ in range(64)]
-            w_words += [_pack(nrng.integers(0, 256, p["cols"]), 8) for _ in range(64)]
+            w_words += [pack_weights(nrng.integers(-12, 16, (p["cols"], 2)), p["lanes"] == 2)
+                        for _ in range(64)]
         mode, blocks, tiles = job.command
         commands.append(mode | blocks << 3 | tiles << 19)
         x_words += [_pack(step, 8) for step in job.x_steps]
-        w_words += [_pack(step, 8) for step in job.w_steps]
+        w_words += [pack_weights(step, p["lanes"] == 2) for step in job.w_steps]
     expected = [out for job in jobs for out in job.outputs]
     ends = list(np.cumsum([len(job.outputs) for job in jobs]) - 1)
 
@@ -157,7 +165,7 @@ async def benchmark(dut):
         await cmd.send([mode | blocks << 3 | tiles << 19])
         start = cycle
         cocotb.start_soon(xs.send([_pack(step, 8) for step in job.x_steps]))
-        cocotb.start_soon(ws.send([_pack(step, 8) for step in job.w_steps]))
+        cocotb.start_soon(ws.send([pack_weights(step, p["lanes"] == 2) for step in job.w_steps]))
         while len(sink.received) < before + len(job.outputs):
             await RisingEdge(dut.clk)
             assert cycle - start < 4 * len(job.x_steps) + 1000, "benchmark run stuck"

@@ -46,7 +46,7 @@ class Schedule:
     """One matmul as the array's interface sees it.
 
     ``command``: (mode, blocks, tiles). ``x_steps``: steps × rows, int8 codes. ``w_steps``:
-    steps × cols, the byte each column takes per step. ``outputs``: the expected output words in
+    steps × cols × 2, the (lo, hi) integer weights each column takes per step. ``outputs``: the expected output words in
     order, each ``(tile, block, row, sums)`` with ``sums`` a tuple of ``lanes × cols`` ints.
     ``tile_origin[t]`` is the (m, n) of tile ``t``'s first output. ``macs``: the useful
     multiply-accumulates (M·N·K of the unpadded matmul).
@@ -66,8 +66,9 @@ def schedule(fmt, x, w_codes, *, rows, cols, lanes):
     The array is ``rows × cols``; ``lanes`` is 2 for an array built with a packed format, else 1.
     A tile is ``rows`` outputs along M by ``cols`` (Q8_0) or ``2·cols`` (packed formats) along N;
     tiles go along N first, then M, and within a tile K goes block by block. M and N are padded
-    with zero activations and zero-valued weight codes. In a packed format, column ``c``'s byte
-    carries output ``c`` of the tile in its low nibble and output ``cols + c`` in its high one.
+    with zero activations and zero-valued weight codes. The weights go in as integers: in
+    Q8_0 ``lo`` is the value and ``hi`` zero; in a packed format column ``c`` takes output ``c``
+    of the tile in ``lo`` and output ``cols + c`` in ``hi``.
     """
     x = np.asarray(x, dtype=np.int64)
     w_codes = np.asarray(w_codes, dtype=np.int64)
@@ -81,7 +82,8 @@ def schedule(fmt, x, w_codes, *, rows, cols, lanes):
     xp[:m] = x
     wp = np.full((n_tiles * width, k), ZERO_CODE[fmt], dtype=np.int64)
     wp[:n] = w_codes
-    sums = block_sums(xp, code_values(fmt, wp))
+    values = code_values(fmt, wp)
+    sums = block_sums(xp, values)
     blocks = k // BLOCK
 
     x_steps, w_steps, outputs, origins = [], [], [], []
@@ -90,11 +92,13 @@ def schedule(fmt, x, w_codes, *, rows, cols, lanes):
             tile = len(origins)
             origins.append((ti * rows, tj * width))
             xs = xp[ti * rows:(ti + 1) * rows].T                 # K × rows
-            ws = wp[tj * width:(tj + 1) * width].T               # K × width
+            ws = values[tj * width:(tj + 1) * width].T           # K × width
+            pair = np.zeros((k, cols, 2), dtype=np.int64)
+            pair[:, :, 0] = ws[:, :cols]
             if packed:
-                ws = (ws[:, :cols] & 0xF) | ((ws[:, cols:] & 0xF) << 4)
+                pair[:, :, 1] = ws[:, cols:]
             x_steps.append(xs)
-            w_steps.append(ws & 0xFF)
+            w_steps.append(pair)
             for b in range(blocks):
                 for r in range(rows):
                     row = sums[ti * rows + r, tj * width:(tj + 1) * width, b]

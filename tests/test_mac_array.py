@@ -175,6 +175,12 @@ def _random_codes(rng, fmt, shape):
     return rng.integers(0, high, shape)
 
 
+def _weights(array, pairs):
+    if array.packed:
+        return [{"lo": int(lo), "hi": int(hi)} for lo, hi in pairs]
+    return [int(lo) for lo, _ in pairs]
+
+
 def _simulate(array, commands, *, stall_seed=None):
     """Run ``commands`` (each a Schedule, or a (mode, blocks, tiles, steps) tuple for a bad
     command) through ``array``; return the output words and the error flags after each."""
@@ -188,7 +194,7 @@ def _simulate(array, commands, *, stall_seed=None):
             else:
                 mode, blocks, tiles, count = entry
                 xs = np.zeros((count, array.rows), dtype=np.int64)
-                ws = np.zeros((count, array.cols), dtype=np.int64)
+                ws = np.zeros((count, array.cols, 2), dtype=np.int64)
             ctx.set(array.i_cmd.payload, {"mode": mode, "blocks": blocks, "tiles": tiles})
             ctx.set(array.i_cmd.valid, 1)
             await ctx.tick().until(array.i_cmd.ready)
@@ -198,7 +204,7 @@ def _simulate(array, commands, *, stall_seed=None):
                     ctx.set(array.i_x.valid, 0)
                     await ctx.tick()
                 ctx.set(array.i_x.payload, [int(v) for v in x])
-                ctx.set(array.i_w.payload, [int(v) for v in w])
+                ctx.set(array.i_w.payload, _weights(array, w))
                 ctx.set(array.i_x.valid, 1)
                 ctx.set(array.i_w.valid, 1)
                 await ctx.tick().until(array.i_x.ready & array.i_w.valid)

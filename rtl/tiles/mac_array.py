@@ -3,7 +3,7 @@
 from functools import reduce
 from operator import or_
 
-from amaranth.hdl import Array, Assert, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Assert, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -15,7 +15,8 @@ from .pe import LANE_SHIFT, MULTIPLY_LATENCY, ProcessingElement, sum_widths, \
     weight_word_width
 
 
-__all__ = ["MACArray", "COMMAND_LAYOUT", "ERROR_LAYOUT", "BLOCK", "mode_code"]
+__all__ = ["MACArray", "COMMAND_LAYOUT", "WEIGHT_PAIR_LAYOUT", "ERROR_LAYOUT", "BLOCK",
+           "mode_code"]
 
 
 #: K elements per block sum: the block of Q8_0 activations, and of every weight format but
@@ -30,6 +31,11 @@ FIFO_BLOCKS = 2
 #: One matmul: weight format (index in WEIGHT_FORMATS), K / 32, and the number of output tiles.
 COMMAND_LAYOUT = data.StructLayout({"mode": 3, "blocks": 16, "tiles": 16})
 
+#: One column's weights for one k-step in an array with a packed format: ``lo`` is the int8
+#: Q8_0 value, or the 4-bit/ternary value of output ``c`` of the tile; ``hi`` is the value of
+#: output ``cols + c`` (zero in Q8_0 mode).
+WEIGHT_PAIR_LAYOUT = data.StructLayout({"lo": signed(8), "hi": signed(5)})
+
 #: Sticky error flags: an undefined or disabled mode; a command with zero blocks or tiles.
 ERROR_LAYOUT = data.StructLayout({"mode": 1, "empty": 1})
 
@@ -37,13 +43,6 @@ ERROR_LAYOUT = data.StructLayout({"mode": 1, "empty": 1})
 def mode_code(fmt):
     """Run-time mode number of weight format ``fmt`` (its index in WEIGHT_FORMATS)."""
     return WEIGHT_FORMATS.index(fmt)
-
-
-def _e2m1_doubled(code):
-    # Twice the E2M1 value: sign bit 3, exponent bits 2:1 (bias 1), mantissa bit 0.
-    sign, exponent, mantissa = code >> 3, (code >> 1) & 3, code & 1
-    value = mantissa if exponent == 0 else (1 << exponent) + (mantissa << (exponent - 1))
-    return -value if sign else value
 
 
 class MACArray(wiring.Component):
@@ -57,15 +56,15 @@ class MACArray(wiring.Component):
     output path without collisions (hence at most 32 rows). A decode matmul (one activation
     row) streams one weight word per column per cycle; a prefill matmul keeps every PE busy.
 
-    Weight modes (``i_cmd.mode``, the index in :data:`~rtl.config.WEIGHT_FORMATS`): Q8_0 takes
-    an int8 weight per column per step; Q4_0, Q4_1, MXFP4 and TQ2_0 take a byte holding two
-    codes, output ``c`` of the tile in the low nibble and output ``cols + c`` in the high one,
-    so the tile is ``rows × 2·cols`` and the array does two MACs per PE per cycle. The array
-    turns codes into integers: Q4_0 q − 8, Q4_1 q, MXFP4 twice the E2M1 value, TQ2_0 (2-bit code
-    in the nibble's low bits) q − 1.
+    Weight modes (``i_cmd.mode``, the index in :data:`~rtl.config.WEIGHT_FORMATS`): the weights
+    arrive as the integers the format's codes stand for (the weight unpacker's job, SPEC §2):
+    Q8_0 one int8 per column per step (``lo``; ``hi`` zero); Q4_0 (q − 8), Q4_1 (q), MXFP4
+    (twice the E2M1 value) and TQ2_0 (q − 1) two per column per step, ``lo`` for output ``c``
+    of the tile and ``hi`` for output ``cols + c``, so the tile is ``rows × 2·cols`` and the
+    array does two MACs per PE per cycle. The mode decides how the two lanes of a sum combine.
 
     A command asks for ``tiles × blocks × 32`` k-steps; each step is one ``i_x`` word (one
-    activation code per row) and one ``i_w`` word (one weight byte per column), taken together.
+    activation code per row) and one ``i_w`` word (weights for every column), taken together.
     For every block of every tile the array emits ``rows`` words on ``o``, one per row, in row
     order, tagged with tile, block and row; ``last`` marks the final word of the command. There
     is no global stall: the array only starts a block when its output buffer has room for the
@@ -82,7 +81,7 @@ class MACArray(wiring.Component):
     cols : int
         PE columns, 1 to 64.
     formats : tuple of str
-        Weight formats the array decodes: a non-empty subset of WEIGHT_FORMATS. Without a 4-bit
+        Weight formats the array accepts: a non-empty subset of WEIGHT_FORMATS. Without a 4-bit
         or ternary format the PEs have one accumulator and no packing logic.
 
     Members
@@ -91,8 +90,9 @@ class MACArray(wiring.Component):
         Matmul commands.
     i_x : ``In(stream.Signature(data.ArrayLayout(signed(8), rows)))``
         Activation codes, one per row per k-step.
-    i_w : ``In(stream.Signature(data.ArrayLayout(unsigned(8), cols)))``
-        Weight bytes, one per column per k-step.
+    i_w : ``In(stream.Signature(data.ArrayLayout(WEIGHT_PAIR_LAYOUT, cols)))``
+        Weights per column per k-step; ``data.ArrayLayout(signed(8), cols)`` (int8 only) in
+        an array built without a packed format.
     o : ``Out(stream.Signature(output_layout))``
         ``sums`` (``lanes × cols`` signed 32-bit block sums; entries from ``cols`` on are lane b,
         zero in Q8_0 mode), ``row``, ``block``, ``tile``, ``last``.
@@ -131,7 +131,8 @@ class MACArray(wiring.Component):
         super().__init__({
             "i_cmd": In(stream.Signature(COMMAND_LAYOUT)),
             "i_x": In(stream.Signature(data.ArrayLayout(signed(8), rows))),
-            "i_w": In(stream.Signature(data.ArrayLayout(unsigned(8), cols))),
+            "i_w": In(stream.Signature(data.ArrayLayout(
+                WEIGHT_PAIR_LAYOUT if self._packed else signed(8), cols))),
             "o": Out(stream.Signature(self._output_layout)),
             "errors": Out(ERROR_LAYOUT),
             "clear": In(1),
@@ -169,49 +170,19 @@ class MACArray(wiring.Component):
     def latency(self):
         """Cycles from taking a block's last k-step to row 0's output word being offered on
         ``o`` (row r follows r cycles later), when ``o`` is ready."""
-        # Input registers, weight decode, edge registers, PE latency, the accumulator and
-        # `done`, the gather tree, the tag stage, the combiner writing the buffer, and the
-        # buffer's output register.
-        return 3 + MULTIPLY_LATENCY + 1 + self.gather_levels + 1 + 1 + 1
+        # Input registers, edge registers, PE latency, the accumulator and `done`, the gather
+        # tree, the tag stage, the combiner writing the buffer, and the buffer's output
+        # register.
+        return 2 + MULTIPLY_LATENCY + 1 + self.gather_levels + 1 + 1 + 1
 
-    def _operand(self, m, byte, mode):
-        """The PE weight word for one column's byte under ``mode``, two registers later: the
-        codes are decoded into registers, then assembled into a registered word."""
+    def _word(self, column):
+        """The PE weight word for one column's ``i_w`` entry."""
         if not self._packed:
-            byte_q = Signal(signed(8), reset_less=True, name="byte_q")
-            m.d.sync += byte_q.eq(byte)
-            return byte_q
-        codes = []
-        for half, nibble in enumerate((byte[:4], byte[4:])):
-            value = Signal(signed(5), name=f"code_{half}")
-            with m.Switch(mode):
-                for name in self._formats:
-                    with m.Case(mode_code(name)):
-                        if name == "Q4_0":
-                            m.d.comb += value.eq(nibble - 8)
-                        elif name == "Q4_1":
-                            m.d.comb += value.eq(nibble)
-                        elif name == "MXFP4":
-                            table = Array(Const(_e2m1_doubled(code), signed(5))
-                                          for code in range(16))
-                            m.d.comb += value.eq(table[nibble])
-                        elif name == "TQ2_0":
-                            m.d.comb += value.eq(nibble[:2] - 1)
-            value_q = Signal(signed(5), reset_less=True, name=f"code_{half}_q")
-            m.d.sync += value_q.eq(value)
-            codes.append(value_q)
-        byte_q = Signal(signed(8), reset_less=True, name="byte_q")
-        wide_q = Signal(name="wide_q")
-        m.d.sync += [byte_q.eq(byte), wide_q.eq(mode == mode_code("Q8_0"))]
-        # The word is the operand a + b·2**12 without its sign-extension bits: the low code
-        # (8 bits) and, above it, b minus the low code's sign (what the carry out of the
-        # sign-extended low part subtracts). The PE re-inserts the sign bits as wires.
-        low = Signal(signed(8))
-        m.d.comb += low.eq(Mux(wide_q, byte_q, codes[0]))
-        high = Mux(wide_q, 0, codes[1])
-        word = Signal(signed(weight_word_width(True)))
-        m.d.comb += word.eq(Cat(low, (high - low[7])[:6]))
-        return word
+            return column
+        # The operand a + b·2**12 without its sign-extension bits: the low value (8 bits) and,
+        # above it, b minus the low value's sign (what the carry out of the sign-extended low
+        # part subtracts). The PE re-inserts the sign bits as wires.
+        return Cat(column.lo, (column.hi - column.lo[7])[:6])
 
     def elaborate(self, platform):
         m = Module()
@@ -251,8 +222,6 @@ class MACArray(wiring.Component):
                 pending_ok.eq(reduce(or_, (command.mode == mode_code(name)
                                            for name in self._formats))),
             ]
-        # One copy of the mode per column decoder, each with a fan-out of one column.
-        column_modes = [Signal(3, name=f"mode_{c}") for c in range(cols)]
         with m.If(pending_valid & ~active):
             m.d.sync += pending_valid.eq(0)
             with m.If(pending_empty):
@@ -262,7 +231,6 @@ class MACArray(wiring.Component):
                     active.eq(1),
                     discard.eq(~pending_ok),
                     mode.eq(pending.mode),
-                    *(column.eq(pending.mode) for column in column_modes),
                     blocks_m1.eq(pending.blocks - 1),
                     tiles_m1.eq(pending.tiles - 1),
                     step.eq(0), block.eq(0), tile.eq(0),
@@ -326,21 +294,15 @@ class MACArray(wiring.Component):
         # The input payloads are registered as they are, with no enable, so that `take` (a long
         # path from the valids and the credit check) drives only the control; whether a step
         # was taken follows in registers, one copy per row.
-        # The weights take two more registers to decode (see _operand); the activations and
-        # flags wait for them.
         x_q = Signal(data.ArrayLayout(signed(8), rows), reset_less=True)
-        x_qq = Signal(data.ArrayLayout(signed(8), rows), reset_less=True)
-        w_q = Signal(data.ArrayLayout(unsigned(8), cols), reset_less=True)
-        compute_q = Signal()
-        m.d.sync += [x_q.eq(self.i_x.payload), x_qq.eq(x_q), w_q.eq(self.i_w.payload),
-                     compute_q.eq(compute)]
+        w_q = Signal(self.i_w.payload.shape(), reset_less=True)
+        m.d.sync += [x_q.eq(self.i_x.payload), w_q.eq(self.i_w.payload)]
         flags_layout = data.StructLayout({"first": 1, "last": 1})
         flags_in = Signal(flags_layout)
         m.d.sync += [flags_in.first.eq(compute & starts_block),
                      flags_in.last.eq(compute & ends_block)]
-        flags_mid = Signal(flags_layout)
         flags = Signal(flags_layout, name="flags_edge")
-        m.d.sync += [flags_mid.eq(flags_in), flags.eq(flags_mid)]
+        m.d.sync += flags.eq(flags_in)
 
         # Row r sees k-step s r cycles after row 0; a step not taken enters as zeros, so it adds
         # nothing.
@@ -348,8 +310,8 @@ class MACArray(wiring.Component):
         row_x = []
         for r in range(rows):
             taken = Signal(name=f"taken_{r}")
-            m.d.sync += taken.eq(compute_q)
-            value = Mux(taken, x_qq[r], 0)
+            m.d.sync += taken.eq(compute)
+            value = Mux(taken, x_q[r], 0)
             for stage in range(r + 1):
                 reg = Signal(signed(8), reset_less=True, name=f"x_skew_{r}_{stage}")
                 m.d.sync += reg.eq(value)
@@ -366,7 +328,7 @@ class MACArray(wiring.Component):
         for c in range(cols):
             reg = Signal(signed(weight_word_width(self._packed)), reset_less=True,
                          name=f"w_edge_{c}")
-            m.d.sync += reg.eq(self._operand(m, w_q[c], column_modes[c]))
+            m.d.sync += reg.eq(self._word(w_q[c]))
             weights.append(reg)
 
         # ---- The PEs ----------------------------------------------------------------------
