@@ -144,6 +144,11 @@ def platform_for(target):
     return None
 
 
+# A register whose signal carries the `keep` attribute (Signal(attrs={"keep": 1})) stays a cell
+# of its own: Yosys's opt_merge would otherwise merge registers that have the same input, which
+# undoes deliberate fan-out duplication (one copy of a control flag per PE, placed beside it).
+_KEEP_DUPLICATES = "setattr -set keep 1 w:* a:keep %i %ci1 t:$dff %i"
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _LOG_TAIL_LINES = 30
@@ -434,6 +439,7 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
     _yosys(workdir, "synth.ys", [
         f"read_rtlil {name}.il",
         "chformal -remove",
+        _KEEP_DUPLICATES,
         _SYNTH_COMMAND[target].format(top=name),
         "tee -q -o stat.json stat -json",
     ])
@@ -463,6 +469,7 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
     _yosys(workdir, "harness.ys", [
         f"read_rtlil {harness_name}.il",
         "chformal -remove",
+        _KEEP_DUPLICATES,
         # Synthesize the block as its own module, exactly as for area: flattened into the
         # harness, Yosys would merge the output registers into the block (into a memory's read
         # port, turning LUT RAM or flip-flop storage into block RAM) and time another netlist.

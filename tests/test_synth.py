@@ -8,7 +8,7 @@ flow shares all of its code except the harness style, which is simulated below.
 import json
 
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
@@ -204,3 +204,29 @@ def test_markdown_table_formats_missing_values_and_misfits():
     assert lines[2] == "| arbiter | generic | — | 3 | — | — | — | — | — |"
     assert lines[3] == "| fifo | ecp5 | 1,234 | 7 | 0 | 0 | 0 | 16 | 319.4 |"
     assert lines[4] == "| huge | ice40 | 7,753 | 8,208 | 1 | 0 | 0 | — | does not fit |"
+
+
+class _Duplicates(wiring.Component):
+    """Two registers of the same input, each driving its own logic."""
+
+    def __init__(self, keep):
+        self._keep = keep
+        super().__init__({"a": In(1), "b": In(8), "c": In(8), "o": Out(8), "p": Out(8)})
+
+    def elaborate(self, platform):
+        m = Module()
+        attrs = {"keep": 1} if self._keep else {}
+        first, second = Signal(attrs=attrs), Signal(attrs=attrs)
+        m.d.sync += [first.eq(self.a), second.eq(self.a),
+                     self.o.eq(Mux(first, 0, self.b)), self.p.eq(Mux(second, 0, self.c))]
+        return m
+
+
+def test_keep_attribute_stops_register_merging(tmp_path):
+    # Without `keep` Yosys merges the two copies (8 + 8 output registers + 1); with it, both
+    # stay, as the MAC array's per-PE flag copies need.
+    merged = synthesize(_Duplicates(False), name="merged", target="ecp5",
+                        workdir=tmp_path / "merged", place_and_route=False)
+    kept = synthesize(_Duplicates(True), name="kept", target="ecp5",
+                      workdir=tmp_path / "kept", place_and_route=False)
+    assert (merged.ffs, kept.ffs) == (17, 18)

@@ -170,10 +170,10 @@ class MACArray(wiring.Component):
     def latency(self):
         """Cycles from taking a block's last k-step to row 0's output word being offered on
         ``o`` (row r follows r cycles later), when ``o`` is ready."""
-        # Input registers, edge registers, PE latency, the accumulator and `done`, the gather
-        # tree, the tag stage, the combiner writing the buffer, and the buffer's output
+        # Two input registers, edge registers, PE latency, the accumulator and `done`, the
+        # gather tree, the tag stage, the combiner writing the buffer, and the buffer's output
         # register.
-        return 2 + MULTIPLY_LATENCY + 1 + self.gather_levels + 1 + 1 + 1
+        return 3 + MULTIPLY_LATENCY + 1 + self.gather_levels + 1 + 1 + 1
 
     def _word(self, column):
         """The PE weight word for one column's ``i_w`` entry."""
@@ -294,24 +294,31 @@ class MACArray(wiring.Component):
         # The input payloads are registered as they are, with no enable, so that `take` (a long
         # path from the valids and the credit check) drives only the control; whether a step
         # was taken follows in registers, one copy per row.
+        # Two register stages: `compute` is registered once beside the control, then copied
+        # into one register per row (its fan-out reaches every row of the die).
         x_q = Signal(data.ArrayLayout(signed(8), rows), reset_less=True)
+        x_qq = Signal(data.ArrayLayout(signed(8), rows), reset_less=True)
         w_q = Signal(self.i_w.payload.shape(), reset_less=True)
-        m.d.sync += [x_q.eq(self.i_x.payload), w_q.eq(self.i_w.payload)]
+        w_qq = Signal(self.i_w.payload.shape(), reset_less=True)
+        compute_q = Signal()
+        m.d.sync += [x_q.eq(self.i_x.payload), x_qq.eq(x_q),
+                     w_q.eq(self.i_w.payload), w_qq.eq(w_q), compute_q.eq(compute)]
         flags_layout = data.StructLayout({"first": 1, "last": 1})
         flags_in = Signal(flags_layout)
         m.d.sync += [flags_in.first.eq(compute & starts_block),
                      flags_in.last.eq(compute & ends_block)]
+        flags_mid = Signal(flags_layout)
         flags = Signal(flags_layout, name="flags_edge")
-        m.d.sync += flags.eq(flags_in)
+        m.d.sync += [flags_mid.eq(flags_in), flags.eq(flags_mid)]
 
         # Row r sees k-step s r cycles after row 0; a step not taken enters as zeros, so it adds
         # nothing.
         row_flags = []
         row_x = []
         for r in range(rows):
-            taken = Signal(name=f"taken_{r}")
-            m.d.sync += taken.eq(compute)
-            value = Mux(taken, x_q[r], 0)
+            taken = Signal(name=f"taken_{r}", attrs={"keep": 1})   # one copy per row
+            m.d.sync += taken.eq(compute_q)
+            value = Mux(taken, x_qq[r], 0)
             for stage in range(r + 1):
                 reg = Signal(signed(8), reset_less=True, name=f"x_skew_{r}_{stage}")
                 m.d.sync += reg.eq(value)
@@ -328,7 +335,7 @@ class MACArray(wiring.Component):
         for c in range(cols):
             reg = Signal(signed(weight_word_width(self._packed)), reset_less=True,
                          name=f"w_edge_{c}")
-            m.d.sync += reg.eq(self._word(w_q[c]))
+            m.d.sync += reg.eq(self._word(w_qq[c]))
             weights.append(reg)
 
         # ---- The PEs ----------------------------------------------------------------------

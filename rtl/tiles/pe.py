@@ -141,9 +141,14 @@ class ProcessingElement(wiring.Component):
                          dsp_product.eq(product_q)]
         m.d.sync += product.eq(dsp_product)
 
-        first = Signal()
-        last = Signal()
-        m.d.sync += [first.eq(self.first), last.eq(self.last), self.done.eq(last)]
+        # Every PE of a row gets the same flags: these registers are the row's flags duplicated,
+        # one copy per PE beside its accumulator. `keep` stops synthesis from merging the
+        # copies back into one register whose fan-out spans the die (synth/flow.py).
+        first = Signal(attrs={"keep": 1})
+        last = Signal(attrs={"keep": 1})
+        done = Signal(attrs={"keep": 1})
+        m.d.sync += [first.eq(self.first), last.eq(self.last), done.eq(last)]
+        m.d.comb += self.done.eq(done)
 
         # The accumulators hold garbage until the first block; `done` gates every read.
         widths = sum_widths(self._packed)
@@ -170,7 +175,7 @@ class ProcessingElement(wiring.Component):
             m.d.sync += sums[0].eq(bases[0] + product)
 
         for lane, acc in zip("ab", sums):
-            m.d.comb += getattr(self, f"sum_{lane}").eq(Mux(self.done, acc, 0))
+            m.d.comb += getattr(self, f"sum_{lane}").eq(Mux(done, acc, 0))
 
         return m
 
