@@ -258,29 +258,37 @@ class MACArray(wiring.Component):
         ]
         take = Signal()
         m.d.comb += take.eq(go & self.i_x.valid & self.i_w.valid)
+        # Only what the next step depends on changes in the cycle a step is taken; the block
+        # and tile counters advance a cycle later (`block_ended`), which is safe because the
+        # next block ends at least 32 cycles later.
+        block_ended = Signal()
+        m.d.sync += block_ended.eq(take & ends_block & ~(last_block & last_tile))
         with m.If(take):
             m.d.sync += [step.eq(step + 1), starts_block.eq(ends_block),
                          ends_block.eq(step == BLOCK - 2)]
             with m.If(ends_block):
                 m.d.sync += step.eq(0)
-                with m.If(last_block):
-                    m.d.sync += block.eq(0)
-                    with m.If(last_tile):
-                        m.d.sync += active.eq(0)
-                    with m.Else():
-                        m.d.sync += tile.eq(tile + 1)
-                with m.Else():
-                    m.d.sync += block.eq(block + 1)
+                with m.If(last_block & last_tile):
+                    m.d.sync += active.eq(0)
+        with m.If(block_ended):
+            with m.If(last_block):
+                m.d.sync += [block.eq(0), tile.eq(tile + 1)]
+            with m.Else():
+                m.d.sync += block.eq(block + 1)
         compute = Signal()
         m.d.comb += compute.eq(take & ~discard)
 
         # Each block's tag waits here for its sums; credits bound the blocks in flight.
         tag_layout = data.StructLayout({"tile": 16, "block": 16, "last": 1, "wide": 1})
         m.submodules.tags = tags = StreamFIFO(tag_layout, FIFO_BLOCKS)
-        reserve = compute & starts_block
-        # The tag goes in when the block's last step is taken: the counters' comparisons are
-        # settled by then, and the tag still precedes the block's sums by the array's latency.
-        m.d.comb += [
+        # Registered, like the tag below: credits and `room` may lag a cycle or two, which is
+        # safe while blocks start at least 32 cycles apart.
+        reserve = Signal()
+        m.d.sync += reserve.eq(compute & starts_block)
+        # The tag goes in (a cycle after) the block's last step is taken: the counters'
+        # comparisons are settled by then, and the tag still precedes the block's sums by the
+        # array's latency.
+        m.d.sync += [
             tags.i.valid.eq(compute & ends_block),
             tags.i.payload.tile.eq(tile),
             tags.i.payload.block.eq(block),
@@ -380,20 +388,20 @@ class MACArray(wiring.Component):
         m.d.sync += Assert(~(valid & (row == 0)) | tags.o.valid,
                            "MAC array: block sums without a tag")
 
-        # Tag stage: row 0 of a block takes its tag from the tag FIFO into registers (a copy of
-        # the mode bit per column, each driving only that column's combiner), so the LUT RAM
-        # read never sits in front of the adders.
+        # Tag and combiner stage. Row 0 of a block takes its tag from the tag FIFO into
+        # registers; the combiner needs only the mode bit, which it takes from a registered copy
+        # of the FIFO's head (one per column, kept apart in synthesis), so the LUT RAM read never
+        # sits in front of the adders. The copy follows the head except while a block's rows
+        # pass: the head holds the block's tag long before its row 0 (the tag goes in a dozen
+        # cycles before, the previous one left at least 32 cycles before), and changes after.
+        follow = ~valid | (row == rows - 1)
         tag = Signal(tag_layout)
-        wide = Signal(cols)
         m.d.comb += tags.o.ready.eq(valid & (row == 0))
         with m.If(valid & (row == 0)):
-            m.d.sync += [tag.eq(tags.o.payload), wide.eq(tags.o.payload.wide.replicate(cols))]
+            m.d.sync += tag.eq(tags.o.payload)
         staged_valid = Signal()
         staged_row = Signal.like(row)
-        staged = [Signal.like(g, reset_less=True, name=f"staged_{c}")
-                  for c, g in enumerate(gathered)]
-        m.d.sync += [staged_valid.eq(valid), staged_row.eq(row),
-                     *(st.eq(g) for st, g in zip(staged, gathered))]
+        m.d.sync += [staged_valid.eq(valid), staged_row.eq(row)]
 
         fifo_lanes = {"a": data.ArrayLayout(signed(21), cols)}
         if self._packed:
@@ -403,29 +411,35 @@ class MACArray(wiring.Component):
             "row": self._output_layout["row"].shape,
             "block": 16, "tile": 16, "last": 1,
         })
-        # The combined word goes straight into the buffer's LUT RAM, whose write is the
-        # register of this stage.
+        staged = Signal(fifo_layout, reset_less=True)
+        for c in range(cols):
+            sum_a = gathered[c][:widths[0]].as_signed()
+            if self._packed:
+                sum_b = gathered[c][widths[0]:].as_signed()
+                wide = Signal(name=f"wide_{c}", attrs={"keep": 1})
+                with m.If(follow):
+                    m.d.sync += wide.eq(tags.o.payload.wide)
+                # Q8_0 went through the packed split too: put the lanes back together.
+                with m.If(wide):
+                    m.d.sync += [staged.a[c].eq(sum_a + (sum_b << LANE_SHIFT)),
+                                 staged.b[c].eq(0)]
+                with m.Else():
+                    m.d.sync += [staged.a[c].eq(sum_a), staged.b[c].eq(sum_b)]
+            else:
+                m.d.sync += staged.a[c].eq(sum_a)
+
+        # The word goes straight into the buffer's LUT RAM, whose write is the register of
+        # the next stage.
         entry = Signal(fifo_layout)
         entry_valid = Signal()
         m.d.comb += [
             entry_valid.eq(staged_valid),
+            entry.eq(staged),
             entry.row.eq(staged_row),
             entry.block.eq(tag.block),
             entry.tile.eq(tag.tile),
             entry.last.eq(tag.last & (staged_row == rows - 1)),
         ]
-        for c in range(cols):
-            sum_a = staged[c][:widths[0]].as_signed()
-            if self._packed:
-                sum_b = staged[c][widths[0]:].as_signed()
-                # Q8_0 went through the packed split too: put the lanes back together.
-                with m.If(wide[c]):
-                    m.d.comb += [entry.a[c].eq(sum_a + (sum_b << LANE_SHIFT)),
-                                 entry.b[c].eq(0)]
-                with m.Else():
-                    m.d.comb += [entry.a[c].eq(sum_a), entry.b[c].eq(sum_b)]
-            else:
-                m.d.comb += entry.a[c].eq(sum_a)
 
         # Output buffer. Not lib.fifo: the credits already guarantee room, so the write enable
         # is `staged_valid` straight from its register, with no full check in front of the
@@ -452,8 +466,10 @@ class MACArray(wiring.Component):
                          read_ptr.eq(Mux(read_ptr == depth - 1, 0, read_ptr + 1))]
         with m.Elif(self.o.ready):
             m.d.sync += out_valid.eq(0)
-        held_next = held + entry_valid - load
-        m.d.sync += [held.eq(held_next), nonempty.eq(held_next != 0)]
+        m.d.sync += held.eq(held + entry_valid - load)
+        # `held != 0` next cycle, without waiting for the adder: a write keeps it non-empty
+        # (a read needs one word already there); otherwise two words, or one not read now.
+        m.d.sync += nonempty.eq(entry_valid | (held >= 2) | ((held == 1) & ~load))
         m.d.sync += Assert(~entry_valid | load | (held != depth),
                            "MAC array: output buffer overflow (credits out of step)")
 

@@ -144,17 +144,19 @@ class ProcessingElement(wiring.Component):
         # Every PE of a row gets the same flags: these registers are the row's flags duplicated,
         # one copy per PE beside its accumulator. `keep` stops synthesis from merging the
         # copies back into one register whose fan-out spans the die (synth/flow.py).
-        first = Signal(attrs={"keep": 1})
+        # `first` is copied once more, per lane: each copy selects one accumulator's input.
+        widths = sum_widths(self._packed)
+        firsts = [Signal(name=f"first_{lane}", attrs={"keep": 1}) for lane in "ab"[:len(widths)]]
         last = Signal(attrs={"keep": 1})
         done = Signal(attrs={"keep": 1})
-        m.d.sync += [first.eq(self.first), last.eq(self.last), done.eq(last)]
+        m.d.sync += [*(first.eq(self.first) for first in firsts), last.eq(self.last),
+                     done.eq(last)]
         m.d.comb += self.done.eq(done)
 
         # The accumulators hold garbage until the first block; `done` gates every read.
-        widths = sum_widths(self._packed)
         sums = [Signal(signed(width), reset_less=True, name=f"acc_{lane}")
                 for lane, width in zip("ab", widths)]
-        bases = [Mux(first, 0, acc) for acc in sums]
+        bases = [Mux(first, 0, acc) for first, acc in zip(firsts, sums)]
         if self._packed:
             low = product[:LANE_SHIFT].as_signed()
             high = product[LANE_SHIFT:].as_signed()
