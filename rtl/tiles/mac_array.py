@@ -396,7 +396,11 @@ class MACArray(wiring.Component):
         # cycles before, the previous one left at least 32 cycles before), and changes after.
         follow = ~valid | (row == rows - 1)
         tag = Signal(tag_layout)
-        m.d.comb += tags.o.ready.eq(valid & (row == 0))
+        # Popped a cycle after row 0 reads it: the pop is then a register, not the gather
+        # tree's valid travelling across the die into the FIFO's counters.
+        pop = Signal()
+        m.d.sync += pop.eq(valid & (row == 0))
+        m.d.comb += tags.o.ready.eq(pop)
         with m.If(valid & (row == 0)):
             m.d.sync += tag.eq(tags.o.payload)
         staged_valid = Signal()
