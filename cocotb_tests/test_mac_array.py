@@ -8,6 +8,8 @@ The command, activation and weight streams idle at random, independently; the ou
 random. Every output word must match the reference, in order, with nothing extra.
 """
 
+import json
+
 import cocotb
 import numpy as np
 import pytest
@@ -134,7 +136,6 @@ async def benchmark(dut):
     """Full-rate runs for `tessera bench array`: each job alone, inputs always valid, output
     always ready; cycles from the first k-step taken to the last word delivered. Outputs are
     still checked against the reference."""
-    import json
     p = harness.params()
     nrng = np.random.default_rng(harness.seed())
     rng = make_rng(harness.seed())

@@ -9,12 +9,17 @@ import dataclasses
 from dataclasses import dataclass, fields
 
 
-__all__ = ["TesseraConfig", "WEIGHT_FORMATS", "PACKED_FORMATS", "MAX_ARRAY_ROWS",
+__all__ = ["TesseraConfig", "WEIGHT_FORMATS", "PACKED_FORMATS", "MAX_ARRAY_ROWS", "mode_code",
            "ROUTER_PORTS", "SRAM_INTERLEAVES"]
 
 
 #: Weight formats the hardware can decode (SPEC §2), in the order the docs list them.
 WEIGHT_FORMATS = ("Q8_0", "Q4_0", "Q4_1", "MXFP4", "TQ2_0")
+
+def mode_code(fmt):
+    """Run-time mode number of weight format ``fmt``: its index in :data:`WEIGHT_FORMATS`."""
+    return WEIGHT_FORMATS.index(fmt)
+
 
 #: Formats whose weight codes are narrow enough for two products per multiplier (the MAC
 #: array's 2x modes); the rest (Q8_0) take one.

@@ -96,6 +96,7 @@ def _utilisation_table(rows, config):
 
 
 def _synthesis_tables(results):
+    from synth.flow import fmax_text
     ecp5 = [(s, l, r) for s, l, t, r in results if t == "ecp5"]
     lines = [
         "| Array | Build | LUT4 | FF | CCU2C | MULT18X18D | DP16KD | LUT RAM (DPR16X4) | "
@@ -104,12 +105,7 @@ def _synthesis_tables(results):
     ]
     base = {s: r.luts + r.ffs for s, l, r in ecp5 if l == "Q8_0 only"}
     for size, label, r in ecp5:
-        if not r.fits:
-            fmax = "does not fit"
-        elif r.fmax_mhz is None:
-            fmax = "not routed"
-        else:
-            fmax = f"{r.fmax_mhz:.1f}"
+        fmax = fmax_text(r, missing="not routed")
         ratio = (r.luts + r.ffs) / base[size]
         lines.append(f"| {size}×{size} | {label} | {r.luts:,} | {r.ffs:,} | {r.carries:,} | "
                      f"{r.dsps} | {r.brams} | {r.lutrams:,} | {fmax} | {ratio:.2f}× |")

@@ -11,20 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtl.config import PACKED_FORMATS, WEIGHT_FORMATS
+from rtl.config import PACKED_FORMATS, mode_code
 from .gguf_blocks import ZERO_CODE, code_values
 
 
-__all__ = ["BLOCK", "PACKED_FORMATS", "mode_code", "block_sums", "Schedule", "schedule"]
+__all__ = ["BLOCK", "block_sums", "Schedule", "schedule"]
 
 
 #: Elements of K per block sum (the block size of Q8_0 activations).
 BLOCK = 32
-
-
-def mode_code(fmt):
-    """The run-time mode number of weight format ``fmt``: its index in WEIGHT_FORMATS."""
-    return WEIGHT_FORMATS.index(fmt)
 
 
 def block_sums(x, w):

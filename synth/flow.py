@@ -64,7 +64,7 @@ from amaranth.lib import wiring
 from amaranth.vendor import LatticePlatform
 
 
-__all__ = ["SynthResult", "TARGETS", "synthesize", "markdown_table", "platform_for"]
+__all__ = ["SynthResult", "TARGETS", "synthesize", "markdown_table", "fmax_text", "platform_for"]
 
 
 #: Targets :func:`synthesize` accepts.
@@ -509,6 +509,16 @@ def _cell(value):
     return "—" if value is None else f"{value:,}"
 
 
+def fmax_text(result, missing="—"):
+    """Fmax of ``result`` for a table: MHz to one decimal, "does not fit", or ``missing`` when
+    there was no place-and-route."""
+    if not result.fits:
+        return "does not fit"
+    if result.fmax_mhz is None:
+        return missing
+    return f"{result.fmax_mhz:.1f}"
+
+
 def markdown_table(results):
     """A GitHub Markdown table of ``results``, one row each, in the order given.
 
@@ -528,12 +538,7 @@ def markdown_table(results):
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        if not r.fits:
-            fmax = "does not fit"
-        elif r.fmax_mhz is None:
-            fmax = "—"
-        else:
-            fmax = f"{r.fmax_mhz:.1f}"
+        fmax = fmax_text(r)
         lines.append(f"| {r.block} | {r.target} | {_cell(r.luts)} | {_cell(r.ffs)} | "
                      f"{_cell(r.carries)} | {_cell(r.dsps)} | {_cell(r.brams)} | "
                      f"{_cell(r.lutrams)} | {fmax} |")

@@ -9,11 +9,11 @@ from amaranth.sim import Simulator
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
-from rtl.config import TesseraConfig
+from rtl.config import TesseraConfig, mode_code
 from rtl.tiles.mac_array import MACArray
 from rtl.tiles.pe import LANE_SHIFT, MULTIPLY_LATENCY, ProcessingElement
 from sim.gguf_blocks import FORMATS, code_values, split_blocks
-from sim.mac_array import block_sums, mode_code, schedule
+from sim.mac_array import block_sums, schedule
 from synth.flow import platform_for
 
 

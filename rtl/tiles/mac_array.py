@@ -8,15 +8,14 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..config import MAX_ARRAY_ROWS, PACKED_FORMATS, WEIGHT_FORMATS
+from ..config import MAX_ARRAY_ROWS, PACKED_FORMATS, WEIGHT_FORMATS, mode_code
 from ..fifo import StreamFIFO
 from ..stream_rules import assert_stream_rules
 from .pe import LANE_SHIFT, MULTIPLY_LATENCY, ProcessingElement, sum_widths, \
     weight_word_width
 
 
-__all__ = ["MACArray", "COMMAND_LAYOUT", "WEIGHT_PAIR_LAYOUT", "ERROR_LAYOUT", "BLOCK",
-           "mode_code"]
+__all__ = ["MACArray", "COMMAND_LAYOUT", "WEIGHT_PAIR_LAYOUT", "ERROR_LAYOUT", "BLOCK"]
 
 
 #: K elements per block sum: the block of Q8_0 activations, and of every weight format but
@@ -40,9 +39,16 @@ WEIGHT_PAIR_LAYOUT = data.StructLayout({"lo": signed(8), "hi": signed(5)})
 ERROR_LAYOUT = data.StructLayout({"mode": 1, "empty": 1})
 
 
-def mode_code(fmt):
-    """Run-time mode number of weight format ``fmt`` (its index in WEIGHT_FORMATS)."""
-    return WEIGHT_FORMATS.index(fmt)
+def _tree_fan_ins(count):
+    """Fan-in of each register level of an OR-tree over ``count`` inputs: pairs first (a PE's
+    sum gated by its `done`, ORed with its neighbour's, is one LUT4 per bit), then four inputs
+    (one LUT4) per level; at least one level."""
+    fan_ins = [2]
+    count = -(-count // 2)
+    while count > 1:
+        fan_ins.append(4)
+        count = -(-count // 4)
+    return fan_ins
 
 
 class MACArray(wiring.Component):
@@ -160,11 +166,7 @@ class MACArray(wiring.Component):
     @property
     def gather_levels(self):
         """Register levels of each column's output OR-tree (see :meth:`_or_tree`)."""
-        levels, count = 0, self._rows
-        while levels == 0 or count > 1:
-            count = -(-count // (2 if levels == 0 else 4))
-            levels += 1
-        return levels
+        return len(_tree_fan_ins(self._rows))
 
     @property
     def latency(self):
@@ -191,7 +193,7 @@ class MACArray(wiring.Component):
         # ---- Commands and the k-step counter ---------------------------------------------
         active = Signal()
         discard = Signal()      # the current command's mode is bad: take its steps, drop them
-        mode = Signal(3)
+        wide = Signal()         # the current command is Q8_0: its lanes combine
         blocks_m1 = Signal(16)
         tiles_m1 = Signal(16)
         step = Signal(range(BLOCK))
@@ -230,7 +232,7 @@ class MACArray(wiring.Component):
                 m.d.sync += [
                     active.eq(1),
                     discard.eq(~pending_ok),
-                    mode.eq(pending.mode),
+                    wide.eq(pending.mode == mode_code("Q8_0")),
                     blocks_m1.eq(pending.blocks - 1),
                     tiles_m1.eq(pending.tiles - 1),
                     step.eq(0), block.eq(0), tile.eq(0),
@@ -293,7 +295,7 @@ class MACArray(wiring.Component):
             tags.i.payload.tile.eq(tile),
             tags.i.payload.block.eq(block),
             tags.i.payload.last.eq(last_block & last_tile),
-            tags.i.payload.wide.eq(mode == mode_code("Q8_0")),
+            tags.i.payload.wide.eq(wide),
         ]
         m.d.sync += Assert(~tags.i.valid | tags.i.ready, "MAC array: more blocks in flight "
                                                         "than tags")
@@ -499,16 +501,13 @@ class MACArray(wiring.Component):
 
     @staticmethod
     def _or_tree(m, items, name, *, reset_less):
-        """OR of ``items`` through registers: pairs first (a PE's sum gated by its `done`, ORed
-        with its neighbour's, is one LUT4 per bit), then four inputs (one LUT4) per level."""
-        level = 0
-        while level == 0 or len(items) > 1:
+        """OR of ``items`` through one register per level of :func:`_tree_fan_ins`."""
+        for level, fan_in in enumerate(_tree_fan_ins(len(items))):
             merged = []
-            fan_in = 2 if level == 0 else 4
             for group in range(0, len(items), fan_in):
                 reg = Signal(len(items[0]), name=f"{name}_l{level}_{group // fan_in}",
                              reset_less=reset_less)
                 m.d.sync += reg.eq(reduce(or_, items[group:group + fan_in]))
                 merged.append(reg)
-            items, level = merged, level + 1
+            items = merged
         return items[0]
