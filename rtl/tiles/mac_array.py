@@ -193,7 +193,9 @@ class MACArray(wiring.Component):
         # ---- Commands and the k-step counter ---------------------------------------------
         active = Signal()
         discard = Signal()      # the current command's mode is bad: take its steps, drop them
-        wide = Signal()         # the current command is Q8_0: its lanes combine
+        # Only "is Q8_0" is used, but latching that bit instead moved nextpnr's placement from
+        # 198.5 to 188.8 MHz at 8x8 (same seed): kept as measured.
+        mode = Signal(3)
         blocks_m1 = Signal(16)
         tiles_m1 = Signal(16)
         step = Signal(range(BLOCK))
@@ -232,7 +234,7 @@ class MACArray(wiring.Component):
                 m.d.sync += [
                     active.eq(1),
                     discard.eq(~pending_ok),
-                    wide.eq(pending.mode == mode_code("Q8_0")),
+                    mode.eq(pending.mode),
                     blocks_m1.eq(pending.blocks - 1),
                     tiles_m1.eq(pending.tiles - 1),
                     step.eq(0), block.eq(0), tile.eq(0),
@@ -295,7 +297,7 @@ class MACArray(wiring.Component):
             tags.i.payload.tile.eq(tile),
             tags.i.payload.block.eq(block),
             tags.i.payload.last.eq(last_block & last_tile),
-            tags.i.payload.wide.eq(wide),
+            tags.i.payload.wide.eq(mode == mode_code("Q8_0")),
         ]
         m.d.sync += Assert(~tags.i.valid | tags.i.ready, "MAC array: more blocks in flight "
                                                         "than tags")
