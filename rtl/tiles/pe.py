@@ -1,12 +1,14 @@
 """Processing element of the MAC array: one multiplier, one (or two) block-sum accumulators."""
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..dsp import registered_multiply
+
 
 __all__ = ["ProcessingElement", "MULTIPLY_LATENCY", "LANE_SHIFT", "weight_word_width",
-           "sum_widths", "is_ecp5"]
+           "sum_widths"]
 
 
 #: Cycles from operands at a PE's inputs to their product at its accumulator: the input,
@@ -51,11 +53,6 @@ def sum_widths(packed):
     |Σa| ≤ 65536 → 18 bits), and lane b, the rest (|Σb| ≤ 32 · 1920 in 4-bit modes → 17 bits).
     """
     return (18, 17) if packed else (21,)
-
-
-def is_ecp5(platform):
-    """True when elaborating for a Lattice ECP5 (hand-instantiated DSPs)."""
-    return getattr(platform, "family", None) == "ecp5"
 
 
 class ProcessingElement(wiring.Component):
@@ -131,14 +128,7 @@ class ProcessingElement(wiring.Component):
         operand = _operand(self.w, self._packed)
         product = Signal(signed(ACTIVATION_WIDTH + len(operand)), reset_less=True)
         dsp_product = Signal.like(product)
-        if is_ecp5(platform):
-            self._multiply_ecp5(m, operand, dsp_product)
-        else:
-            x_q = Signal.like(self.x, reset_less=True)
-            w_q = Signal(signed(len(operand)), reset_less=True)
-            product_q = Signal.like(product, reset_less=True)
-            m.d.sync += [x_q.eq(self.x), w_q.eq(operand), product_q.eq(x_q * w_q),
-                         dsp_product.eq(product_q)]
+        registered_multiply(m, platform, self.x, operand, dsp_product)
         m.d.sync += product.eq(dsp_product)
 
         # Every PE of a row gets the same flags: these registers are the row's flags duplicated,
@@ -180,43 +170,3 @@ class ProcessingElement(wiring.Component):
             m.d.comb += getattr(self, f"sum_{lane}").eq(Mux(done, acc, 0))
 
         return m
-
-    def _multiply_ecp5(self, m, operand, product):
-        # Operands sign-extended to 18 bits; signed multiply; input, pipeline and output
-        # registers clocked by CLK0 and always enabled. Reset is unused: the registers hold data
-        # whose validity travels in the PE's flags.
-        a = Signal(18)
-        b = Signal(18)
-        p = Signal(36)
-        m.d.comb += [a.eq(self.x.as_signed()), b.eq(operand),
-                     product.eq(p[:len(product)])]
-        ports = {}
-        for i in range(18):
-            ports[f"i_A{i}"] = a[i]
-            ports[f"i_B{i}"] = b[i]
-            ports[f"i_C{i}"] = Const(0, 1)
-        for i in range(36):
-            ports[f"o_P{i}"] = p[i]
-        clocked = {}
-        for register in ("INPUTA", "INPUTB", "PIPELINE", "OUTPUT"):
-            clocked[f"p_REG_{register}_CLK"] = "CLK0"
-            clocked[f"p_REG_{register}_CE"] = "CE0"
-            clocked[f"p_REG_{register}_RST"] = "RST0"
-        m.submodules.multiplier = Instance(
-            "MULT18X18D",
-            **clocked,
-            p_REG_INPUTC_CLK="NONE",
-            p_GSR="DISABLED",
-            p_RESETMODE="SYNC",
-            p_MULT_BYPASS="DISABLED",
-            p_SOURCEB_MODE="B_SHIFT",
-            p_CAS_MATCH_REG="FALSE",
-            p_HIGHSPEED_CLK="NONE",
-            p_CLK0_DIV="ENABLED",
-            i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
-            i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
-            i_CLK0=ClockSignal(), i_CLK1=Const(0, 1), i_CLK2=Const(0, 1), i_CLK3=Const(0, 1),
-            i_CE0=Const(1, 1), i_CE1=Const(0, 1), i_CE2=Const(0, 1), i_CE3=Const(0, 1),
-            i_RST0=Const(0, 1), i_RST1=Const(0, 1), i_RST2=Const(0, 1), i_RST3=Const(0, 1),
-            **ports,
-        )
