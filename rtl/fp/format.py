@@ -1,0 +1,119 @@
+"""What the binary32 units share: the IEEE-754 layouts, the pipeline control, leading-zero count,
+and round-to-nearest-even packing (docs/fp.md)."""
+
+from amaranth.hdl import Cat, Const, Mux, Signal, Value
+from amaranth.lib import data
+
+
+__all__ = ["FLOAT32", "FLOAT16", "OPERANDS", "CANONICAL_NAN32", "CANONICAL_NAN16",
+           "Pipeline", "leading_zeros", "round_float32"]
+
+
+#: IEEE-754 binary32, fields in bit order (fraction in bits 0–22).
+FLOAT32 = data.StructLayout({"fraction": 23, "exponent": 8, "sign": 1})
+
+#: IEEE-754 binary16 (the scales of GGUF blocks).
+FLOAT16 = data.StructLayout({"fraction": 10, "exponent": 5, "sign": 1})
+
+#: The two operands of a binary operation.
+OPERANDS = data.StructLayout({"a": FLOAT32, "b": FLOAT32})
+
+#: Every NaN a unit produces is this quiet NaN, whatever the NaN operands were: the payload
+#: NumPy would give depends on which operand the compiler put first, so no hardware can match
+#: it bit for bit. (RISC-V makes the same choice.)
+CANONICAL_NAN32 = 0x7FC00000
+CANONICAL_NAN16 = 0x7E00
+
+
+class Pipeline:
+    """Valid bits and a common clock enable for a fixed-latency pipeline between two streams.
+
+    Every stage moves when the output register is empty or being taken, so the pipeline holds
+    ``stages`` results under backpressure and loses none. ``i.ready`` is therefore
+    combinational from ``o.ready``; a unit that must cut that path puts a
+    :class:`~rtl.fifo.StreamFIFO` after it.
+
+    :meth:`stage` registers a value into the next stage; the unit connects the last stage's
+    register to ``o.payload``.
+    """
+
+    def __init__(self, m, i, o, stages):
+        self.advance = Signal()
+        self.valid = Signal(stages)
+        m.d.comb += [
+            self.advance.eq(~o.valid | o.ready),
+            i.ready.eq(self.advance),
+            o.valid.eq(self.valid[-1]),
+        ]
+        with m.If(self.advance):
+            m.d.sync += self.valid.eq(Cat(i.valid, self.valid[:-1]))
+        self._m = m
+
+    def stage(self, value, name, shape=None):
+        """A register of ``value`` (of ``shape``, default the value's) loaded when the pipeline
+        moves. Data registers need no reset: the valid bits say when they mean something."""
+        if shape is None:
+            shape = value.shape() if hasattr(value, "shape") else Value.cast(value).shape()
+        register = Signal(shape, name=name, reset_less=True)
+        with self._m.If(self.advance):
+            self._m.d.sync += register.eq(value)
+        return register
+
+
+def _count(bits):
+    """(all zero, leading zeros) of ``bits``, a power-of-two width of at least 2, as a tree:
+    log2(width) levels of 2:1 muxes instead of a chain of width priority muxes."""
+    n = len(bits)
+    if n == 2:
+        return ~(bits[0] | bits[1]), ~bits[1]
+    high_zero, high = _count(bits[n // 2:])
+    low_zero, low = _count(bits[:n // 2])
+    return high_zero & low_zero, Mux(high_zero, Cat(low, Const(1, 1)), Cat(high, Const(0, 1)))
+
+
+def leading_zeros(value):
+    """Number of zeros above the highest set bit of ``value`` (its width if it is zero)."""
+    value = Value.cast(value)
+    width = len(value)
+    padded = 2
+    while padded < width:
+        padded *= 2
+    # Zeros padded below the value leave the count of a non-zero value unchanged.
+    zero, count = _count(Cat(Const(0, padded - width), value))
+    return Mux(zero, width, count)
+
+
+def round_float32(p, prefix, sign, exponent, significand, guard, sticky, special=None):
+    """binary32 bits of ``(-1)^sign · significand · 2^(exponent − 150)``, rounded to nearest even.
+
+    ``significand`` is 24 bits. A normal result has its bit 23 set and ``exponent`` ≥ 1 (the
+    biased exponent); a subnormal one has bit 23 clear and ``exponent`` = 1. ``guard`` is the
+    bit below the significand and ``sticky`` the OR of all bits below that. ``exponent`` may be
+    any width; at 255 or more the result is infinity.
+
+    The increment takes one stage of pipeline ``p`` (registers named ``prefix_…``); the packing
+    after it is returned as a value, for the caller to register. ``special``, a pair
+    ``(flag, bits)`` given with the operands of the rounding, replaces the result when ``flag``
+    is set (a NaN or infinity found earlier).
+    """
+    round_up = guard & (sticky | significand[0])
+    rounded = p.stage(Cat(significand, Const(0, 1)) + round_up, f"{prefix}_rounded", shape=25)
+    # Both exponents the packing may pick, and whether each overflows, are ready before the
+    # increment's carry is known, so the stage after it is only a few multiplexers.
+    r_sign = p.stage(sign, f"{prefix}_sign")
+    same = p.stage(exponent, f"{prefix}_exponent", shape=8)
+    bumped = p.stage(exponent + 1, f"{prefix}_bumped", shape=8)
+    same_overflows = p.stage(exponent >= 255, f"{prefix}_same_overflows")
+    bumped_overflows = p.stage(exponent >= 254, f"{prefix}_bumped_overflows")
+    carried = rounded[24]
+    # Rounding a subnormal up to 2^-126 sets bit 23 and makes it normal with the same
+    # exponent field 1; a carry out of bit 23 of a normal one bumps the exponent.
+    field = Mux(carried, bumped, Mux(rounded[23], same, 0))
+    fraction = Mux(carried, 0, rounded[:23])
+    overflow = Mux(carried, bumped_overflows, same_overflows & rounded[23])
+    result = Mux(overflow, Cat(Const(0, 23), Const(0xFF, 8), r_sign), Cat(fraction, field, r_sign))
+    if special is not None:
+        flag, bits = special
+        result = Mux(p.stage(flag, f"{prefix}_special"), p.stage(bits, f"{prefix}_special_bits",
+                                                                  shape=32), result)
+    return result
