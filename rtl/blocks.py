@@ -4,6 +4,7 @@ tables iterate over. Each entry turns a :class:`~rtl.config.TesseraConfig` into 
 from .arbiter import RoundRobinArbiter
 from .config import ROUTER_PORTS, TesseraConfig
 from .fifo import StreamFIFO
+from .fp import FP16ToFP32, FP32ToFP16, FPAdd, FPCompare, FPMul, Int32ToFP32
 from .tiles.mac_array import MACArray
 from .tiles.sram import SRAM
 
@@ -21,6 +22,12 @@ BLOCKS = {
              "tile scratchpad: sram_banks x sram_bank_depth words, fill/weight/act/vector ports"),
     "mac_array": (lambda c: MACArray.from_config(c),
                   "systolic MAC array, array_rows x array_cols, block sums for weight_formats"),
+    "fp_add": (lambda c: FPAdd(), "binary32 adder, pipelined, round to nearest even"),
+    "fp_mul": (lambda c: FPMul(), "binary32 multiplier, pipelined, round to nearest even"),
+    "fp_compare": (lambda c: FPCompare(), "binary32 comparison and IEEE maximum"),
+    "fp16_to_fp32": (lambda c: FP16ToFP32(), "binary16 to binary32 conversion (exact)"),
+    "fp32_to_fp16": (lambda c: FP32ToFP16(), "binary32 to binary16 conversion, round to nearest even"),
+    "int32_to_fp32": (lambda c: Int32ToFP32(), "int32 to binary32 conversion, round to nearest even"),
 }
 
 
