@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 
-__all__ = ["FORMATS", "Blocks", "split_blocks", "code_values", "e2m1_doubled", "ZERO_CODE"]
+__all__ = ["FORMATS", "Blocks", "split_blocks", "code_values", "e2m1_doubled", "ZERO_CODE",
+           "e8m0_half", "element_values"]
 
 
 #: format -> (elements per block, bytes per block)
@@ -54,8 +55,14 @@ class Blocks:
     e: np.ndarray = None
 
 
-def split_blocks(fmt, raw):
-    """Read ``raw`` (uint8, a whole number of blocks, any leading shape) as blocks of ``fmt``."""
+def split_blocks(fmt, raw, *, interleaved=False):
+    """Read ``raw`` (uint8, a whole number of blocks, any leading shape) as blocks of ``fmt``.
+
+    ``interleaved`` (MXFP4 only) reads the nibbles in the order of gpt-oss checkpoints:
+    element 2k in the low nibble of byte k, element 2k + 1 in the high nibble.
+    """
+    if interleaved and fmt != "MXFP4":
+        raise ValueError(f"Only MXFP4 has an interleaved nibble order, not {fmt}")
     if fmt not in FORMATS:
         raise ValueError(f"Unknown weight format {fmt!r}; known: {', '.join(FORMATS)}")
     elements, size = FORMATS[fmt]
@@ -76,8 +83,12 @@ def split_blocks(fmt, raw):
         return Blocks(fmt, codes, d=b[:, 64:66].copy().view(np.float16)[:, 0])
     header = {"Q4_0": 2, "Q4_1": 4, "MXFP4": 1}[fmt]
     qs = b[:, header:]
-    # Element j is the low nibble of byte j, element j + 16 the high nibble.
-    codes = np.concatenate([qs & 0xF, qs >> 4], axis=1)
+    if interleaved:
+        # Element 2k is the low nibble of byte k, element 2k + 1 the high nibble.
+        codes = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(b.shape[0], 32)
+    else:
+        # Element j is the low nibble of byte j, element j + 16 the high nibble.
+        codes = np.concatenate([qs & 0xF, qs >> 4], axis=1)
     blocks = Blocks(fmt, codes)
     if fmt == "MXFP4":
         blocks.e = b[:, 0].copy()
@@ -103,3 +114,28 @@ def code_values(fmt, codes):
     if fmt == "TQ2_0":
         return codes - 1
     raise ValueError(f"Unknown weight format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def e8m0_half(e):
+    """Half the scale an E8M0 exponent stands for, 2**(e − 128), as float32: MXFP4's block scale
+    applied to twice the E2M1 value (SPEC §2: E2M1(q)·2**(e − 127)). Exponents 0 and 1 give the
+    subnormals 2**−128 and 2**−127; 0xFF gives 2**127 (the OCP MX specification reserves it for
+    NaN, llama.cpp and ``gguf`` read it as a number)."""
+    e = np.asarray(e).astype(np.int32)
+    return np.ldexp(np.float32(1), e - 128).astype(np.float32)
+
+
+def element_values(fmt, values, d=None, m=None, e=None):
+    """The float32 value of every element from its integer code value (``code_values``) and the
+    block's raw scale fields, one block per row of ``values``: d·q (Q8_0, Q4_0, TQ2_0),
+    d·q + m (Q4_1), 2**(e − 128)·q (MXFP4); each product and sum rounded to binary32, as
+    ``gguf.quants.dequantize`` computes them."""
+    q = np.asarray(values).astype(np.float32)
+    # An inf/NaN scale (or E8M0 0xFF, 2**127) gives inf/NaN elements, as it does in gguf.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if fmt == "MXFP4":
+            return e8m0_half(e)[:, None] * q
+        out = np.asarray(d, dtype=np.float16).astype(np.float32)[:, None] * q
+        if fmt == "Q4_1":
+            out = out + np.asarray(m, dtype=np.float16).astype(np.float32)[:, None]
+        return out
