@@ -46,12 +46,12 @@ static inline uint32_t draw() {{  // xorshift64*: the stalls need speed, not qua
 }}
 
 int main(int argc, char **argv) {{
-    if (argc != 8) {{ fprintf(stderr, "usage: in out count seed idle stall watchdog\n"); return 2; }}
-    const size_t count = strtoull(argv[3], nullptr, 10);
-    state = strtoull(argv[4], nullptr, 10) * 2654435761ULL + 1;
-    const uint32_t idle = strtoul(argv[5], nullptr, 10), stall = strtoul(argv[6], nullptr, 10);
-    const uint64_t watchdog = strtoull(argv[7], nullptr, 10);
-    std::vector<uint32_t> in(count * {in_words}), out(count * {out_words});
+    if (argc != 9) {{ fprintf(stderr, "usage: in out count expected seed idle stall watchdog\n"); return 2; }}
+    const size_t count = strtoull(argv[3], nullptr, 10), expected = strtoull(argv[4], nullptr, 10);
+    state = strtoull(argv[5], nullptr, 10) * 2654435761ULL + 1;
+    const uint32_t idle = strtoul(argv[6], nullptr, 10), stall = strtoul(argv[7], nullptr, 10);
+    const uint64_t watchdog = strtoull(argv[8], nullptr, 10);
+    std::vector<uint32_t> in(count * {in_words}), out(expected * {out_words});
     FILE *f = fopen(argv[1], "rb");
     if (!f || fread(in.data(), 4, in.size(), f) != in.size()) {{ fprintf(stderr, "cannot read %s\n", argv[1]); return 2; }}
     fclose(f);
@@ -65,7 +65,7 @@ int main(int argc, char **argv) {{
     size_t sent = 0, received = 0;
     uint64_t cycles = 0, quiet = 0;
     bool offering = false;
-    while (received < count) {{
+    while (received < expected) {{
         if (!offering && sent < count && draw() >= idle) offering = true;
         top.i__valid = offering;
         if (offering) {{
@@ -184,9 +184,11 @@ def _build(component, toplevel, in_width, out_width):
     return binary
 
 
-def run_vectors(component, *, toplevel, inputs, seed, idle=0.25, stall=0.25, watchdog=1024):
+def run_vectors(component, *, toplevel, inputs, seed, idle=0.25, stall=0.25, watchdog=1024,
+                outputs=None):
     """Offer ``inputs`` (unsigned payload integers, one per transfer) on ``component.i`` and
-    return the payloads taken from ``component.o`` as a :class:`VectorRun`.
+    return the ``outputs`` payloads (default: as many as inputs) taken from ``component.o`` as
+    a :class:`VectorRun`.
 
     ``idle`` is the probability of an idle cycle before each input, ``stall`` that of ``ready``
     low on the output in a cycle; the run fails if no transfer happens for ``watchdog`` cycles.
@@ -202,13 +204,14 @@ def run_vectors(component, *, toplevel, inputs, seed, idle=0.25, stall=0.25, wat
         words = to_words(inputs, in_width)
         words.tofile(source)
         count = words.shape[0]
+        expected = count if outputs is None else outputs
         result = subprocess.run(
-            [str(binary), source, sink, str(count), str(seed), str(int(idle * 65536)),
+            [str(binary), source, sink, str(count), str(expected), str(seed), str(int(idle * 65536)),
              str(int(stall * 65536)), str(watchdog)], capture_output=True, text=True)
         if result.returncode:
             raise AssertionError(f"{toplevel} vector run failed (seed {seed}, exit "
                                  f"{result.returncode}): {result.stderr.strip()[-2000:]}")
-        out = np.fromfile(sink, dtype=np.uint32).reshape(count, -(-out_width // 32))
-    print(f"[tessera] {toplevel}: {count} vectors in {int(result.stdout)} cycles "
+        out = np.fromfile(sink, dtype=np.uint32).reshape(expected, -(-out_width // 32))
+    print(f"[tessera] {toplevel}: {count} vectors in, {expected} out, in {int(result.stdout)} cycles "
           f"(seed {seed}; build {built:.1f} s)")
     return VectorRun(from_words(out, out_width), int(result.stdout))

@@ -27,7 +27,9 @@ def registered_multiply(m, platform, a, b, product, *, signed=True, enable=None,
     hold data whose validity the caller tracks.
     """
     if is_ecp5(platform):
-        a18, b18, p36 = Signal(18), Signal(18), Signal(36)
+        # Named a, b, p as they were inside the PE: nextpnr's placement depends on net names,
+        # and the MAC array's measured Fmax was taken with these.
+        a18, b18, p36 = Signal(18, name="a"), Signal(18, name="b"), Signal(36, name="p")
         extend = (lambda v: v.as_signed()) if signed else (lambda v: v.as_unsigned())
         m.d.comb += [a18.eq(extend(a)), b18.eq(extend(b)), product.eq(p36[:len(product)])]
         ports = {}

@@ -8,7 +8,7 @@ from ..stream_rules import assert_stream_rules
 from .format import CANONICAL_NAN32, FLOAT32, OPERANDS, Pipeline, leading_zeros, round_float32
 
 
-__all__ = ["FPAdd"]
+__all__ = ["FPAdd", "fp_add"]
 
 
 class FPAdd(wiring.Component):
@@ -40,10 +40,20 @@ class FPAdd(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m, self.i, self.o, self.LATENCY)
+        m.d.comb += self.o.payload.eq(fp_add(p, self.i.payload.a, self.i.payload.b))
+
+        assert_stream_rules(m, self.o, "FP adder output")
+        return m
+
+
+def fp_add(p, a, b, name="add"):
+    """The stages of ``a + b`` (binary32 values) in pipeline ``p``: the registered sum,
+    :attr:`FPAdd.LATENCY` stages later. ``name`` prefixes the registers."""
+    with p.scope(name):
 
         # 1: take the operands.
-        a = p.stage(self.i.payload.a, "s1_a")
-        b = p.stage(self.i.payload.b, "s1_b")
+        a = p.stage(a, "s1_a", shape=FLOAT32)
+        b = p.stage(b, "s1_b", shape=FLOAT32)
 
         # 2: order by magnitude, so that the difference of the significands is never negative
         # and the larger operand's exponent and sign are the result's before normalising.
@@ -150,7 +160,4 @@ class FPAdd(wiring.Component):
         special = (s8["nan"] | s8["inf"], Mux(s8["nan"], CANONICAL_NAN32, inf))
         result = round_float32(p, "s9", s8_sign, s8_exponent, s8_normalised[3:27],
                                s8_normalised[2], s8_normalised[:2].any(), special)
-        m.d.comb += self.o.payload.eq(p.stage(result, "s10_result", shape=32))
-
-        assert_stream_rules(m, self.o, "FP adder output")
-        return m
+        return p.stage(result, "s10_result", shape=32)

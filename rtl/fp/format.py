@@ -47,17 +47,40 @@ class Pipeline:
         ]
         with m.If(self.advance):
             m.d.sync += self.valid.eq(Cat(i.valid, self.valid[:-1]))
-        self._m = m
+        self.m = m
+        self._prefix = ""
 
     def stage(self, value, name, shape=None):
         """A register of ``value`` (of ``shape``, default the value's) loaded when the pipeline
         moves. Data registers need no reset: the valid bits say when they mean something."""
         if shape is None:
             shape = value.shape() if hasattr(value, "shape") else Value.cast(value).shape()
-        register = Signal(shape, name=name, reset_less=True)
-        with self._m.If(self.advance):
-            self._m.d.sync += register.eq(value)
+        register = Signal(shape, name=self._prefix + name, reset_less=True)
+        with self.m.If(self.advance):
+            self.m.d.sync += register.eq(value)
         return register
+
+    def delay(self, value, stages, name, shape=None):
+        """``value`` after ``stages`` registers (itself if ``stages`` is 0): to line a value up
+        with one computed beside it in more stages."""
+        for k in range(stages):
+            value = self.stage(value, f"{name}_d{k + 1}", shape=shape)
+        return value
+
+    def scope(self, prefix):
+        """Context in which :meth:`stage` prefixes register names, so that the stages of one
+        operation can appear several times in one pipeline."""
+        pipeline = self
+
+        class _Scope:
+            def __enter__(self):
+                self.outer = pipeline._prefix
+                pipeline._prefix = f"{self.outer}{prefix}_"
+
+            def __exit__(self, *exc):
+                pipeline._prefix = self.outer
+
+        return _Scope()
 
 
 def _count(bits):

@@ -8,7 +8,7 @@ from ..stream_rules import assert_stream_rules
 from .format import CANONICAL_NAN32, FLOAT16, FLOAT32, Pipeline, leading_zeros
 
 
-__all__ = ["FP16ToFP32"]
+__all__ = ["FP16ToFP32", "fp16_to_fp32"]
 
 
 class FP16ToFP32(wiring.Component):
@@ -35,8 +35,18 @@ class FP16ToFP32(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m, self.i, self.o, self.LATENCY)
+        m.d.comb += self.o.payload.eq(fp16_to_fp32(p, self.i.payload))
 
-        h = p.stage(self.i.payload, "s1_h")
+        assert_stream_rules(m, self.o, "FP16 to FP32 output")
+        return m
+
+
+def fp16_to_fp32(p, h, name="widen"):
+    """The stages of binary16 ``h`` to binary32 in pipeline ``p``: the registered result,
+    :attr:`FP16ToFP32.LATENCY` stages later."""
+    with p.scope(name):
+
+        h = p.stage(h, "s1_h", shape=FLOAT16)
 
         # 2: leading zeros of the fraction (for a subnormal).
         s2_h = p.stage(h, "s2_h")
@@ -53,7 +63,4 @@ class FP16ToFP32(wiring.Component):
         special = Mux(h.fraction != 0, CANONICAL_NAN32,
                       Cat(Const(0, 23), Const(0xFF, 8), h.sign))
         result = Mux(h.exponent == 0x1F, special, finite)
-        m.d.comb += self.o.payload.eq(p.stage(result, "s3_result", shape=32))
-
-        assert_stream_rules(m, self.o, "FP16 to FP32 output")
-        return m
+        return p.stage(result, "s3_result", shape=32)

@@ -8,7 +8,7 @@ from ..stream_rules import assert_stream_rules
 from .format import FLOAT32, Pipeline, leading_zeros, round_float32
 
 
-__all__ = ["Int32ToFP32"]
+__all__ = ["Int32ToFP32", "int32_to_fp32"]
 
 
 class Int32ToFP32(wiring.Component):
@@ -33,8 +33,18 @@ class Int32ToFP32(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m, self.i, self.o, self.LATENCY)
+        m.d.comb += self.o.payload.eq(int32_to_fp32(p, self.i.payload))
 
-        value = p.stage(self.i.payload, "s1_value")
+        assert_stream_rules(m, self.o, "int32 to FP32 output")
+        return m
+
+
+def int32_to_fp32(p, value, name="float"):
+    """The stages of int32 ``value`` to binary32 in pipeline ``p``: the registered result,
+    :attr:`Int32ToFP32.LATENCY` stages later."""
+    with p.scope(name):
+
+        value = p.stage(value, "s1_value", shape=signed(32))
 
         # 2: magnitude; 32 unsigned bits hold |−2^31|.
         s2_sign = p.stage(value[31], "s2_sign")
@@ -53,7 +63,4 @@ class Int32ToFP32(wiring.Component):
         # 5, 6: round, pack; zero has a zero significand and packs as +0.
         result = round_float32(p, "s5", s4_sign, s4_exponent, s4_normalised[8:],
                                s4_normalised[7], s4_normalised[:7].any())
-        m.d.comb += self.o.payload.eq(p.stage(result, "s6_result", shape=32))
-
-        assert_stream_rules(m, self.o, "int32 to FP32 output")
-        return m
+        return p.stage(result, "s6_result", shape=32)

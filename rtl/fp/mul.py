@@ -9,7 +9,7 @@ from ..stream_rules import assert_stream_rules
 from .format import CANONICAL_NAN32, FLOAT32, OPERANDS, Pipeline, leading_zeros, round_float32
 
 
-__all__ = ["FPMul"]
+__all__ = ["FPMul", "fp_mul"]
 
 
 class FPMul(wiring.Component):
@@ -43,10 +43,20 @@ class FPMul(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m, self.i, self.o, self.LATENCY)
+        m.d.comb += self.o.payload.eq(fp_mul(p, platform, self.i.payload.a, self.i.payload.b))
+
+        assert_stream_rules(m, self.o, "FP multiplier output")
+        return m
+
+
+def fp_mul(p, platform, a, b, name="mul"):
+    """The stages of ``a · b`` (binary32 values) in pipeline ``p``: the registered product,
+    :attr:`FPMul.LATENCY` stages later. ``name`` prefixes the registers and the DSPs."""
+    with p.scope(name):
 
         # 1: take the operands.
-        a = p.stage(self.i.payload.a, "s1_a")
-        b = p.stage(self.i.payload.b, "s1_b")
+        a = p.stage(a, "s1_a", shape=FLOAT32)
+        b = p.stage(b, "s1_b", shape=FLOAT32)
 
         # 2: significands (no hidden bit for a subnormal, whose exponent is that of 2^-126)
         # and the exponent of the product with the leading one at bit 47: bias 127 once, and
@@ -74,9 +84,9 @@ class FPMul(wiring.Component):
         products = {}
         for x_half, x in (("l", a_significand[:12]), ("h", a_significand[12:])):
             for y_half, y in (("l", b_significand[:12]), ("h", b_significand[12:])):
-                product = Signal(24, name=f"s4_{x_half}{y_half}")
-                registered_multiply(m, platform, x, y, product, signed=False,
-                                    enable=p.advance, name=f"multiplier_{x_half}{y_half}")
+                product = Signal(24, name=f"{name}_s4_{x_half}{y_half}")
+                registered_multiply(p.m, platform, x, y, product, signed=False,
+                                    enable=p.advance, name=f"{name}_{x_half}{y_half}")
                 products[x_half + y_half] = product
 
         def carry(stage, names_values):
@@ -137,7 +147,4 @@ class FPMul(wiring.Component):
         special = (s11["nan"] | s11["inf"], Mux(s11["nan"], CANONICAL_NAN32, inf))
         result = round_float32(p, "s12", s11["sign"], s11["exponent"], s11_significand,
                                s11_guard, s11_sticky, special)
-        m.d.comb += self.o.payload.eq(p.stage(result, "s13_result", shape=32))
-
-        assert_stream_rules(m, self.o, "FP multiplier output")
-        return m
+        return p.stage(result, "s13_result", shape=32)
