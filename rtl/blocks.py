@@ -5,6 +5,7 @@ from .arbiter import RoundRobinArbiter
 from .config import ROUTER_PORTS, TesseraConfig
 from .fifo import StreamFIFO
 from .fp import FP16ToFP32, FP32ToFP16, FPAdd, FPCompare, FPMul, Int32ToFP32
+from .tiles.dequant import Dequantizer
 from .tiles.mac_array import MACArray
 from .tiles.sram import SRAM
 from .tiles.unpack import WeightUnpacker
@@ -25,6 +26,8 @@ BLOCKS = {
                   "systolic MAC array, array_rows x array_cols, block sums for weight_formats"),
     "unpack": (lambda c: WeightUnpacker.from_config(c),
                "GGUF weight unpacker: blocks as stored in the file to integer codes and scales"),
+    "dequant": (lambda c: Dequantizer.from_config(c),
+                "dequant pipeline: block sums x scales, accumulated per output in binary32"),
     "fp_add": (lambda c: FPAdd(), "binary32 adder, pipelined, round to nearest even"),
     "fp_mul": (lambda c: FPMul(), "binary32 multiplier, pipelined, round to nearest even"),
     "fp_compare": (lambda c: FPCompare(), "binary32 comparison and IEEE maximum"),
