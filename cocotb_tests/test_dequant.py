@@ -19,7 +19,6 @@ from gguf.quants import quantize
 import sim.dequant as golden
 from rtl.config import WEIGHT_FORMATS, mode_code
 from rtl.tiles.dequant import Dequantizer, term_layout
-from sim.fp32 import bits
 
 from .vectors import run_vectors
 
@@ -63,8 +62,9 @@ def pack_terms(ops, outputs):
 def run_matmul(fmt, w_raw, x, seed, *, idle=0.25, stall=0.25):
     ops = golden.matmul_operands(fmt, w_raw, x)
     expected = golden.matmul(fmt, w_raw, x).view(np.uint32).reshape(-1)
-    payloads = pack_terms(ops, OUTPUTS)
-    dut = Dequantizer(OUTPUTS)
+    outputs = max(OUTPUTS, expected.size)
+    payloads = pack_terms(ops, outputs)
+    dut = Dequantizer(outputs)
     run = run_vectors(dut, toplevel="dequant", inputs=payloads, seed=seed,
                       idle=idle, stall=stall, outputs=expected.size)
     count = expected.size
@@ -124,19 +124,11 @@ def test_nonfinite_scales_give_ieee_results():
 
 
 def test_real_smollm2_attention_matmul_is_bit_exact():
-    from sim.smollm2 import tensors
-    by_name = {t.name: t for t in tensors()}
-    q = by_name["blk.0.attn_q.weight"]
-    embedding = by_name["token_embd.weight"]
-    norm = np.asarray(by_name["blk.0.attn_norm.weight"].data, dtype=np.float32)
-    from gguf.quants import dequantize
-    # Two real tokens' embeddings, RMS-normalised as the layer's input.
-    rows = np.asarray(embedding.data)[[1, 42]]
-    x = dequantize(rows, embedding.tensor_type).astype(np.float32)
-    x = (x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + 1e-5) * norm).astype(np.float32)
-    w = np.asarray(q.data)[:32]
+    from sim.smollm2 import prompt_activations, tensors
+    q = {t.name: t for t in tensors()}["blk.0.attn_q.weight"]
     assert q.tensor_type == GGMLQuantizationType.Q4_1
-    run_matmul("Q4_1", w, x, _seed())
+    # A real prompt's layer-0 input times the first 32 rows of the real query projection.
+    run_matmul("Q4_1", np.asarray(q.data)[:32], prompt_activations()[:2], _seed())
 
 
 def test_an_output_of_negative_zeros_is_negative_zero():

@@ -59,3 +59,28 @@ def quantized_types(tensor_list=None):
             continue
         by_type.setdefault(name, []).append(tensor.name)
     return by_type
+
+
+#: A short real prompt, as whole tokens of SmolLM2's vocabulary ("Ġ" is GPT-2's space).
+PROMPT = ("The", "Ġcapital", "Ġof", "ĠFrance", "Ġis")
+
+
+def prompt_activations(words=PROMPT, path=None):
+    """The input of layer 0's attention for ``words``: their rows of ``token_embd`` (Q8_0,
+    dequantized by gguf), RMS-normalised with ``blk.0.attn_norm`` and the model's epsilon, in
+    float32 as llama.cpp computes it (mean of squares, then x · 1/sqrt(mean + eps) · weight)."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    reader = GGUFReader(path or gguf_path())
+    field = reader.fields["tokenizer.ggml.tokens"]
+    vocabulary = {bytes(field.parts[i]).decode(): n for n, i in enumerate(field.data)}
+    ids = [vocabulary[w] for w in words]
+    epsilon = float(reader.fields["llama.attention.layer_norm_rms_epsilon"].parts[-1][0])
+    by_name = {t.name: t for t in reader.tensors}
+    embedding = by_name["token_embd.weight"]
+    x = dequantize(np.asarray(embedding.data)[ids], embedding.tensor_type).astype(np.float32)
+    norm = np.asarray(by_name["blk.0.attn_norm.weight"].data, dtype=np.float32)
+    mean = np.mean(x * x, axis=1, keepdims=True, dtype=np.float32)
+    scale = (np.float32(1) / np.sqrt(mean + np.float32(epsilon))).astype(np.float32)
+    return (x * scale * norm).astype(np.float32)

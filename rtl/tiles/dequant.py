@@ -7,6 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import PACKED_FORMATS, WEIGHT_FORMATS, mode_code
+from ..fifo import StreamFIFO
 from ..fp.add import FPAdd, fp_add
 from ..fp.format import FLOAT32, Pipeline
 from ..fp.fp16_to_fp32 import FP16ToFP32, fp16_to_fp32
@@ -71,7 +72,7 @@ class Dequantizer(wiring.Component):
     The term pipeline takes one term per cycle. Terms of different outputs interleave freely
     (the MAC array emits a block's sums for every output of a tile, then the next block's); a
     term whose output still has an addition in flight waits, so with fewer than
-    ``FPAdd.LATENCY`` interleaved outputs the rate drops to one term per output per
+    ``FPAdd.LATENCY + 1`` interleaved outputs the rate drops to one term per output per
     ``FPAdd.LATENCY + 1`` cycles.
 
     Parameters
@@ -153,10 +154,10 @@ class Dequantizer(wiring.Component):
 
         scaled_layout = data.StructLayout({"t": FLOAT32, "index": range(self._outputs),
                                            "first": 1, "last": 1})
-        scaled = stream.Signature(scaled_layout).create()
+        scaled_out = stream.Signature(scaled_layout).create()
 
         # The term pipeline.
-        p = Pipeline(m, term_in, scaled, self.TERM_LATENCY)
+        p = Pipeline(m, term_in, scaled_out, self.TERM_LATENCY)
         with p.scope("term"):
             term = p.stage(term_in.payload, "in")                               # depth 1
         is_q4_1 = term.mode == mode_code("Q4_1")
@@ -184,30 +185,54 @@ class Dequantizer(wiring.Component):
         t = Mux(flags[0], with_minimum, p.delay(product, FPAdd.LATENCY, "t"))
         with p.scope("term"):
             out = p.stage(Cat(t, flags[1:]), "out", shape=scaled_layout)        # 44
-        m.d.comb += scaled.payload.eq(out)
+        m.d.comb += scaled_out.payload.eq(out)
 
-        # The accumulators: one FP adder, a busy bit per output while its sum is in flight.
-        memory = Memory(shape=32, depth=self._outputs, init=[])
+        # A FIFO between the two halves: its `ready` is a register, so a stall of the output
+        # does not run through logic into the clock enable of every stage above.
+        m.submodules.scaled = fifo = StreamFIFO(scaled_layout, 4)
+        wiring.connect(m, scaled_out, fifo.i)
+        scaled = fifo.o
+
+        # The accumulators: one FP adder and a memory of running sums. A term waits in `held`
+        # while a sum of its output is anywhere in the adder: it must add to that sum, not
+        # to the one in memory. The check compares against the adder's own stage registers,
+        # so it involves no `ready`; it counts the stage being written back as in flight, a
+        # cycle of caution that keeps a read and a write of one address out of one cycle.
+        # (A busy bit per output, set at issue and cleared at write-back, put a 128-way
+        # lookup and the FIFO's read enable on one path: 109 MHz.)
+        # In LUT RAM: block RAM's unregistered read (5.6 ns clock to output on ECP5) fed the
+        # adder's first stage directly and was the critical path (73 MHz).
+        memory = Memory(shape=32, depth=self._outputs, init=[],
+                        attrs={"ram_style": "distributed"})
         m.submodules.accumulators = memory
         read = memory.read_port(domain="comb")
         write = memory.write_port()
-        busy = Signal(self._outputs)
 
+        held = Signal(scaled_layout, reset_less=True)
+        held_valid = Signal()
         adder_in = stream.Signature(scaled_layout).create()
         written_layout = data.StructLayout({"value": FLOAT32, "index": range(self._outputs),
                                             "last": 1})
         written = stream.Signature(written_layout).create()
-        free = ~busy.bit_select(scaled.payload.index, 1)
-        m.d.comb += [
-            read.addr.eq(scaled.payload.index),
-            adder_in.valid.eq(scaled.valid & free),
-            scaled.ready.eq(adder_in.ready & free),
-        ]
         q = Pipeline(m, adder_in, written, FPAdd.LATENCY)
-        base = Mux(scaled.payload.first, _NEGATIVE_ZERO, read.data)
-        value = fp_add(q, base, scaled.payload.t, name="accumulate")
-        tags = q.delay(Cat(scaled.payload.index, scaled.payload.last), FPAdd.LATENCY, "tags")
-        m.d.comb += written.payload.eq(Cat(value, tags))
+        base = Mux(held.first, _NEGATIVE_ZERO, read.data)
+        value = fp_add(q, base, held.t, name="accumulate")
+        tags = []
+        tag = Cat(held.index, held.last)
+        for k in range(FPAdd.LATENCY):
+            tag = q.stage(tag, f"tag_{k + 1}")
+            tags.append(tag)
+        m.d.comb += written.payload.eq(Cat(value, tag))
+
+        in_flight = Cat((q.valid[k] & (tags[k][:-1] == held.index)) for k in range(len(tags)))
+        m.d.comb += [
+            read.addr.eq(held.index),
+            adder_in.valid.eq(held_valid & ~in_flight.any()),
+            adder_in.payload.eq(held),
+            scaled.ready.eq(~held_valid | (adder_in.valid & adder_in.ready)),
+        ]
+        with m.If(scaled.ready):
+            m.d.sync += [held.eq(scaled.payload), held_valid.eq(scaled.valid)]
 
         # Intermediate sums go back to memory whatever the output does; a final one waits
         # for the output to take it.
@@ -220,15 +245,6 @@ class Dequantizer(wiring.Component):
             write.data.eq(written.payload.value),
             write.en.eq(written.valid & written.ready),
         ]
-        issued = Signal(self._outputs)
-        retired = Signal(self._outputs)
-        m.d.comb += [
-            issued.eq(Mux(adder_in.valid & adder_in.ready,
-                          Const(1, self._outputs) << scaled.payload.index, 0)),
-            retired.eq(Mux(written.valid & written.ready,
-                           Const(1, self._outputs) << written.payload.index, 0)),
-        ]
-        m.d.sync += busy.eq((busy & ~retired) | issued)
 
         assert_stream_rules(m, self.o, "Dequantizer output")
         return m
