@@ -48,6 +48,7 @@ docs: $(STAMP)
 bench: $(STAMP) docs
 	$(BIN)/tessera bench sram
 	$(BIN)/tessera bench array
+	$(BIN)/tessera bench numeric
 
 clean:
 	rm -rf build

@@ -122,6 +122,10 @@ def cmd_bench(args):
         from scripts import bench_sram
         print(bench_sram.run(), end="")
         print(f"wrote {bench_sram.OUTPUT.relative_to(REPO)}", file=sys.stderr)
+    elif args.block == "numeric":
+        from scripts import bench_numeric
+        print(bench_numeric.run(progress=sys.stderr.isatty()), end="")
+        print(f"wrote {bench_numeric.OUTPUT.relative_to(REPO)}", file=sys.stderr)
     elif args.block == "array":
         from scripts import bench_array
         print(bench_array.run(progress=sys.stderr.isatty()), end="")
@@ -176,7 +180,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_synth)
     sub.add_parser("docs", help="regenerate docs/area.md").set_defaults(func=cmd_docs)
     p = sub.add_parser("bench", help="benchmark a block and regenerate its docs page")
-    p.add_argument("block", choices=["sram", "array"])
+    p.add_argument("block", choices=["sram", "array", "numeric"])
     p.set_defaults(func=cmd_bench)
     sub.add_parser("demo", help="the main job on the default configuration") \
         .set_defaults(func=cmd_demo)
