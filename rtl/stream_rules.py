@@ -30,5 +30,6 @@ def assert_stream_rules(m, port, name):
     with m.If(stalled):
         m.d.sync += [
             Assert(port.valid, f"{name} dropped valid before ready"),
-            Assert(Value.cast(port.payload) == held, f"{name} changed payload before ready"),
+            Assert(Value.cast(port.payload).as_unsigned() == held,
+                   f"{name} changed payload before ready"),
         ]
