@@ -4,9 +4,10 @@ tables iterate over. Each entry turns a :class:`~rtl.config.TesseraConfig` into 
 from .arbiter import RoundRobinArbiter
 from .config import ROUTER_PORTS, TesseraConfig
 from .fifo import StreamFIFO
-from .fp import FP16ToFP32, FP32ToFP16, FPAdd, FPCompare, FPMul, Int32ToFP32
+from .fp import FP16ToFP32, FP32ToFP16, FP32ToInt, FPAdd, FPCompare, FPDiv, FPMul, Int32ToFP32
 from .tiles.dequant import Dequantizer
 from .tiles.mac_array import MACArray
+from .tiles.quantizer import Q8_0Quantizer
 from .tiles.sram import SRAM
 from .tiles.unpack import WeightUnpacker
 
@@ -28,12 +29,16 @@ BLOCKS = {
                "GGUF weight unpacker: blocks as stored in the file to integer codes and scales"),
     "dequant": (lambda c: Dequantizer.from_config(c),
                 "dequant pipeline: block sums x scales, accumulated per output in binary32"),
+    "quantizer": (lambda c: Q8_0Quantizer(),
+                  "Q8_0 activation quantizer: binary32 elements to Q8_0 blocks and their sums"),
     "fp_add": (lambda c: FPAdd(), "binary32 adder, pipelined, round to nearest even"),
     "fp_mul": (lambda c: FPMul(), "binary32 multiplier, pipelined, round to nearest even"),
     "fp_compare": (lambda c: FPCompare(), "binary32 comparison and IEEE maximum"),
     "fp16_to_fp32": (lambda c: FP16ToFP32(), "binary16 to binary32 conversion (exact)"),
     "fp32_to_fp16": (lambda c: FP32ToFP16(), "binary32 to binary16 conversion, round to nearest even"),
     "int32_to_fp32": (lambda c: Int32ToFP32(), "int32 to binary32 conversion, round to nearest even"),
+    "fp_div": (lambda c: FPDiv(), "binary32 divider, iterative, round to nearest even"),
+    "fp32_to_int": (lambda c: FP32ToInt(), "binary32 to int32, rounding half away or half even, saturating"),
 }
 
 

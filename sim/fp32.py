@@ -15,7 +15,7 @@ import numpy as np
 
 
 __all__ = ["CANONICAL_NAN32", "CANONICAL_NAN16", "add", "mul", "fp16_to_fp32", "fp32_to_fp16",
-           "int32_to_fp32", "compare", "bits", "floats"]
+           "int32_to_fp32", "compare", "bits", "floats", "div", "round_half_away", "fp32_to_int"]
 
 
 CANONICAL_NAN32 = np.uint32(0x7FC00000)
@@ -68,3 +68,34 @@ def compare(a, b):
     zero = np.where(np.signbit(x) & np.signbit(y), np.uint32(0x80000000), np.uint32(0))
     maximum = np.where(unordered, CANONICAL_NAN32, np.where(both_zero, zero, larger))
     return maximum.astype(np.uint32), x < y, x == y, unordered
+
+
+# ---- Division and conversion to integers (rtl/fp/div.py, rtl/fp/fp32_to_int.py) ---------------
+
+def div(a, b):
+    """Bits of ``a / b`` in float32 (IEEE 754: x/0 = ±∞, 0/0 and ∞/∞ the canonical NaN)."""
+    with np.errstate(all="ignore"):
+        return bits(floats(a) / floats(b))
+
+
+def round_half_away(x):
+    """float32 round half away from zero, as ``gguf.quants.np_roundf`` states it: the integer
+    part plus one when the fraction is at least one half (every step is exact in float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        magnitude = np.abs(x)
+        whole = np.floor(magnitude)
+        rounded = whole + (magnitude - whole >= np.float32(0.5)).astype(np.float32)
+    return np.copysign(rounded, x)
+
+
+def fp32_to_int(a, width=32, rounding="away"):
+    """Signed ``width``-bit integers (int64 array) from binary32 bits ``a``: rounded half away
+    from zero (``rounding="away"``) or half to even (``"even"``), saturated to the range of
+    the width, NaN → 0 (the semantics of Arm's FCVTAS/FCVTNS)."""
+    x = floats(a)
+    with np.errstate(all="ignore"):
+        rounded = round_half_away(x) if rounding == "away" else np.rint(x)
+        low, high = -(1 << (width - 1)), (1 << (width - 1)) - 1
+        clipped = np.clip(np.nan_to_num(rounded.astype(np.float64), nan=0.0), low, high)
+    return clipped.astype(np.int64)

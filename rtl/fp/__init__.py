@@ -3,13 +3,16 @@ vector unit (docs/fp.md)."""
 
 from .add import FPAdd, fp_add
 from .compare import COMPARISON, FPCompare
+from .div import FPDiv
 from .format import CANONICAL_NAN16, CANONICAL_NAN32, FLOAT16, FLOAT32, OPERANDS
 from .fp16_to_fp32 import FP16ToFP32, fp16_to_fp32
 from .fp32_to_fp16 import FP32ToFP16
+from .fp32_to_int import FP32ToInt
 from .int32_to_fp32 import Int32ToFP32, int32_to_fp32
 from .mul import FPMul, fp_mul
 
 
 __all__ = ["FPAdd", "FPMul", "FPCompare", "FP16ToFP32", "FP32ToFP16", "Int32ToFP32",
            "fp_add", "fp_mul", "fp16_to_fp32", "int32_to_fp32",
-           "FLOAT32", "FLOAT16", "OPERANDS", "COMPARISON", "CANONICAL_NAN32", "CANONICAL_NAN16"]
+           "FLOAT32", "FLOAT16", "OPERANDS", "COMPARISON", "CANONICAL_NAN32", "CANONICAL_NAN16",
+           "FPDiv", "FP32ToInt"]

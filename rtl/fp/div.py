@@ -1,4 +1,4 @@
-"""Iterative binary32 divider, correctly rounded, bit-exact with NumPy float32 (docs/quantizer.md)."""
+"""Iterative binary32 divider, correctly rounded, bit-exact with NumPy (docs/quantizer.md)."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
@@ -38,7 +38,7 @@ class FPDiv(wiring.Component):
     rounding and packing, shared with the adder and the multiplier). The loop holds one
     division at a time and takes the next operands in the cycle it hands its result on, so the
     unit gives **one result every** :attr:`INTERVAL` **cycles**; the front and back ends hold
-    up to three and six more operations, so nothing is lost under backpressure.
+    up to six and seven more operations, so nothing is lost under backpressure.
 
     Special values follow IEEE 754: ``x / 0`` = ±∞ for ``x`` ≠ 0, ``x / ∞`` = ±0 for finite
     ``x``, and ``0 / 0``, ``∞ / ∞`` and any NaN operand give the canonical quiet NaN
@@ -53,7 +53,7 @@ class FPDiv(wiring.Component):
     """
 
     #: Cycles from taking the operands to offering the quotient, when the loop is free.
-    LATENCY = 36
+    LATENCY = 41
     #: Cycles between results at full rate (operands always offered, quotients always taken).
     INTERVAL = 27
 
@@ -65,50 +65,85 @@ class FPDiv(wiring.Component):
         to_loop = stream.Signature(_LOOP_INPUT).create(path=("to_loop",))
         from_loop = stream.Signature(_LOOP_OUTPUT).create(path=("from_loop",))
 
-        # ---- Front end: three pipelined stages ------------------------------------------
-        f = Pipeline(m, self.i, to_loop, 3)
+        # ---- Front end: six pipelined stages --------------------------------------------
+        # Normalising a subnormal operand takes a leading-zero count and a shift; each is
+        # split in two (whole bytes, then the bits within the top byte) so that no stage holds
+        # more than a few levels of logic. These stages cost latency, not throughput.
+        f = Pipeline(m, self.i, to_loop, 6)
         a = f.stage(self.i.payload.a, "f1_a")
         b = f.stage(self.i.payload.b, "f1_b")
 
-        # 2: classes, the special result, significands and their leading zeros. A subnormal
-        # has no hidden bit and the exponent of 2^-126.
+        def carry(stage, values):
+            return {name: f.stage(value, f"f{stage}_{name}") for name, value in values.items()}
+
+        # 2: the operands' classes; significands (a subnormal has no hidden bit and the
+        # exponent of 2^-126); the whole bytes of leading zeros; the exponent of the quotient
+        # before normalisation.
         def parts(x):
             normal = x.exponent != 0
             significand = Cat(x.fraction, normal)
             top = x.exponent == 0xFF
             kinds = (top & (x.fraction != 0), top & (x.fraction == 0),
                      x.as_value()[:31] == 0)
-            return significand, Mux(normal, x.exponent, 1), kinds
+            return significand, kinds
 
-        a_significand, a_exponent, (a_nan, a_inf, a_zero) = parts(a)
-        b_significand, b_exponent, (b_nan, b_inf, b_zero) = parts(b)
-        sign = a.sign ^ b.sign
-        nan = a_nan | b_nan | (a_zero & b_zero) | (a_inf & b_inf)
-        infinite = a_inf | b_zero
-        zero = a_zero | b_inf
-        special_bits = Mux(nan, CANONICAL_NAN32,
-                           Cat(Const(0, 23), Mux(infinite, 0xFF, 0), sign))
-        f2_special = f.stage(nan | infinite | zero, "f2_special")
-        f2_special_bits = f.stage(special_bits, "f2_special_bits", shape=32)
-        f2_sign = f.stage(sign, "f2_sign")
-        f2_a = f.stage(a_significand, "f2_a_significand")
-        f2_b = f.stage(b_significand, "f2_b_significand")
-        f2_a_zeros = f.stage(leading_zeros(a_significand), "f2_a_zeros", shape=range(25))
-        f2_b_zeros = f.stage(leading_zeros(b_significand), "f2_b_zeros", shape=range(25))
-        f2_a_exponent = f.stage(a_exponent, "f2_a_exponent")
-        f2_b_exponent = f.stage(b_exponent, "f2_b_exponent")
+        def zero_bytes(significand):
+            return Mux(significand[16:] != 0, 0, Mux(significand[8:16] != 0, 1, 2))
 
-        # 3: normalise; the biased exponent of the quotient of two significands in [1, 2).
-        f3 = {
-            "dividend": f.stage((f2_a << f2_a_zeros)[:24], "f3_dividend"),
-            "divisor": f.stage((f2_b << f2_b_zeros)[:24], "f3_divisor"),
-            "exponent": f.stage((f2_a_exponent - f2_a_zeros) - (f2_b_exponent - f2_b_zeros)
-                                + 127, "f3_exponent", shape=signed(11)),
-            "sign": f.stage(f2_sign, "f3_sign"),
-            "special": f.stage(f2_special, "f3_special"),
-            "special_bits": f.stage(f2_special_bits, "f3_special_bits"),
-        }
-        m.d.comb += [getattr(to_loop.payload, name).eq(value) for name, value in f3.items()]
+        a_significand, a_kinds = parts(a)
+        b_significand, b_kinds = parts(b)
+        f2 = carry(2, {
+            "sign": a.sign ^ b.sign,
+            **{f"a_{kind}": flag for kind, flag in zip(("nan", "inf", "zero"), a_kinds)},
+            **{f"b_{kind}": flag for kind, flag in zip(("nan", "inf", "zero"), b_kinds)},
+            # From the exponent fields, with a subnormal's 1 instead of 0 added in stage 3.
+            "base": (a.exponent - b.exponent + 127).as_signed()[:10].as_signed(),
+            "a_subnormal": a.exponent == 0, "b_subnormal": b.exponent == 0,
+            "a": a_significand, "b": b_significand,
+            "a_bytes": zero_bytes(a_significand), "b_bytes": zero_bytes(b_significand),
+        })
+
+        # 3: shift by whole bytes; the special result.
+        def by_bytes(significand, count):
+            return Mux(count == 0, significand,
+                       Mux(count == 1, significand << 8, significand << 16))[:24]
+
+        nan = (f2["a_nan"] | f2["b_nan"] | (f2["a_zero"] & f2["b_zero"])
+               | (f2["a_inf"] & f2["b_inf"]))
+        infinite = f2["a_inf"] | f2["b_zero"]
+        zero = f2["a_zero"] | f2["b_inf"]
+        f3 = carry(3, {
+            "special": nan | infinite | zero,
+            "special_bits": Mux(nan, CANONICAL_NAN32,
+                                Cat(Const(0, 23), Mux(infinite, 0xFF, 0), f2["sign"])),
+            "sign": f2["sign"],
+            "base": Mux(f2["a_subnormal"] & ~f2["b_subnormal"], f2["base"] + 1,
+                        Mux(f2["b_subnormal"] & ~f2["a_subnormal"], f2["base"] - 1,
+                            f2["base"]))[:10].as_signed(),
+            "a_bytes": f2["a_bytes"], "b_bytes": f2["b_bytes"],
+            "a": by_bytes(f2["a"], f2["a_bytes"]), "b": by_bytes(f2["b"], f2["b_bytes"]),
+        })
+
+        # 4: leading zeros of the top byte (8 only for a zero operand, a special case).
+        f4 = carry(4, {**f3, "a_bits": leading_zeros(f3["a"][16:]),
+                       "b_bits": leading_zeros(f3["b"][16:])})
+
+        # 5: shift by the rest; what normalising does to the exponent.
+        f5 = carry(5, {
+            "special": f4["special"], "special_bits": f4["special_bits"], "sign": f4["sign"],
+            "base": f4["base"],
+            "a": (f4["a"] << f4["a_bits"])[:24], "b": (f4["b"] << f4["b_bits"])[:24],
+            "zeros": (Cat(f4["b_bits"][:3], f4["b_bytes"])
+                      - Cat(f4["a_bits"][:3], f4["a_bytes"])),
+        })
+
+        # 6: the biased exponent of the quotient of two significands in [1, 2).
+        f6 = carry(6, {
+            "dividend": f5["a"], "divisor": f5["b"],
+            "exponent": (f5["base"] + f5["zeros"])[:11].as_signed(),
+            "sign": f5["sign"], "special": f5["special"], "special_bits": f5["special_bits"],
+        })
+        m.d.comb += [getattr(to_loop.payload, name).eq(value) for name, value in f6.items()]
 
         # ---- The loop: restoring division, one quotient bit per cycle --------------------
         # The partial remainder stays below twice the divisor (< 2^25); each cycle subtracts
@@ -126,16 +161,29 @@ class FPDiv(wiring.Component):
         m.d.comb += difference.eq(remainder - divisor)
         fits = ~difference[-1]
 
+        # The result moves from the loop into a handoff register when that is empty, and
+        # new operands enter the loop as it leaves: every decision here is made from
+        # registers, so no ready signal runs from the output through to the loop.
+        handoff = Signal(_LOOP_OUTPUT, reset_less=True)
+        handoff_valid = Signal()
         m.d.comb += [
-            to_loop.ready.eq(~busy & (~done | from_loop.ready)),
-            from_loop.valid.eq(done),
-            from_loop.payload.quotient.eq(quotient),
-            from_loop.payload.remainder.eq(remainder),
-            from_loop.payload.exponent.eq(carried.exponent),
-            from_loop.payload.sign.eq(carried.sign),
-            from_loop.payload.special.eq(carried.special),
-            from_loop.payload.special_bits.eq(carried.special_bits),
+            to_loop.ready.eq(~busy & (~done | ~handoff_valid)),
+            from_loop.valid.eq(handoff_valid),
+            from_loop.payload.eq(handoff),
         ]
+        with m.If(from_loop.ready):
+            m.d.sync += handoff_valid.eq(0)
+        with m.If(done & ~handoff_valid):
+            m.d.sync += [
+                handoff.quotient.eq(quotient),
+                handoff.remainder.eq(remainder),
+                handoff.exponent.eq(carried.exponent),
+                handoff.sign.eq(carried.sign),
+                handoff.special.eq(carried.special),
+                handoff.special_bits.eq(carried.special_bits),
+                handoff_valid.eq(1),
+                done.eq(0),
+            ]
         with m.If(to_loop.valid & to_loop.ready):
             m.d.sync += [
                 remainder.eq(to_loop.payload.dividend),
@@ -147,7 +195,6 @@ class FPDiv(wiring.Component):
                 carried.special_bits.eq(to_loop.payload.special_bits),
                 count.eq(_QUOTIENT_BITS - 1),
                 busy.eq(1),
-                done.eq(0),
             ]
         with m.Elif(busy):
             m.d.sync += [
@@ -157,11 +204,9 @@ class FPDiv(wiring.Component):
             ]
             with m.If(count == 0):
                 m.d.sync += [busy.eq(0), done.eq(1)]
-        with m.Elif(from_loop.ready):
-            m.d.sync += done.eq(0)
 
-        # ---- Back end: six pipelined stages ----------------------------------------------
-        p = Pipeline(m, from_loop, self.o, 6)
+        # ---- Back end: seven pipelined stages --------------------------------------------
+        p = Pipeline(m, from_loop, self.o, 7)
         loop = from_loop.payload
 
         # 1: the quotient lies in (1/2, 2): bring its leading one to bit 25 (one place at
@@ -185,24 +230,31 @@ class FPDiv(wiring.Component):
         b2_exponent = p.stage(Mux(normal, b1_exponent, 1), "b2_exponent", shape=signed(11))
         b2 = {name: p.stage(value, f"b2_{name}") for name, value in b1.items()}
 
-        # 3: the shift, into a window that keeps what falls off for the sticky bit.
-        b3_window = p.stage(Cat(Const(0, 27), b2_value) >> b2_shift, "b3_window",
+        # 3, 4: the shift, into a window that keeps what falls off for the sticky bit: by
+        # multiples of 8, then by the rest (one 5-level shifter was the longest path).
+        b3_window = p.stage(Cat(Const(0, 27), b2_value) >> (b2_shift[3:] << 3), "b3_window",
                             shape=27 + _QUOTIENT_BITS)
+        b3_fine = p.stage(b2_shift[:3], "b3_fine")
         b3_rest = p.stage(b2_rest, "b3_rest")
         b3_exponent = p.stage(b2_exponent, "b3_exponent")
         b3 = {name: p.stage(value, f"b3_{name}") for name, value in b2.items()}
 
-        # 4: significand, guard and sticky.
-        b4_significand = p.stage(b3_window[29:], "b4_significand", shape=24)
-        b4_guard = p.stage(b3_window[28], "b4_guard")
-        b4_sticky = p.stage(b3_window[:28].any() | b3_rest, "b4_sticky")
+        b4_window = p.stage(b3_window >> b3_fine, "b4_window", shape=27 + _QUOTIENT_BITS)
+        b4_rest = p.stage(b3_rest, "b4_rest")
         b4_exponent = p.stage(b3_exponent, "b4_exponent")
         b4 = {name: p.stage(value, f"b4_{name}") for name, value in b3.items()}
 
-        # 5, 6: round, pack.
-        result = round_float32(p, "b5", b4["sign"], b4_exponent, b4_significand, b4_guard,
-                               b4_sticky, (b4["special"], b4["special_bits"]))
-        m.d.comb += self.o.payload.eq(p.stage(result, "b6_result", shape=32))
+        # 5: significand, guard and sticky.
+        b5_significand = p.stage(b4_window[29:], "b5_significand", shape=24)
+        b5_guard = p.stage(b4_window[28], "b5_guard")
+        b5_sticky = p.stage(b4_window[:28].any() | b4_rest, "b5_sticky")
+        b5_exponent = p.stage(b4_exponent, "b5_exponent")
+        b5 = {name: p.stage(value, f"b5_{name}") for name, value in b4.items()}
+
+        # 6, 7: round, pack.
+        result = round_float32(p, "b6", b5["sign"], b5_exponent, b5_significand, b5_guard,
+                               b5_sticky, (b5["special"], b5["special_bits"]))
+        m.d.comb += self.o.payload.eq(p.stage(result, "b7_result", shape=32))
 
         assert_stream_rules(m, self.o, "FP divider output")
         return m
