@@ -8,6 +8,7 @@ from .fp import FP16ToFP32, FP32ToFP16, FP32ToInt, FPAdd, FPCompare, FPDiv, FPMu
 from .tiles.dequant import Dequantizer
 from .tiles.mac_array import MACArray
 from .tiles.quantizer import Q8_0Quantizer
+from .tiles.requantizer import Requantizer
 from .tiles.sram import SRAM
 from .tiles.unpack import WeightUnpacker
 
@@ -31,6 +32,8 @@ BLOCKS = {
                 "dequant pipeline: block sums x scales, accumulated per output in binary32"),
     "quantizer": (lambda c: Q8_0Quantizer(),
                   "Q8_0 activation quantizer: binary32 elements to Q8_0 blocks and their sums"),
+    "requantizer": (lambda c: Requantizer(),
+                    "integer requantizer: int32 x fixed-point multiplier, gemmlowp or ONNX rounding"),
     "fp_add": (lambda c: FPAdd(), "binary32 adder, pipelined, round to nearest even"),
     "fp_mul": (lambda c: FPMul(), "binary32 multiplier, pipelined, round to nearest even"),
     "fp_compare": (lambda c: FPCompare(), "binary32 comparison and IEEE maximum"),
