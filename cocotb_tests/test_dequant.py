@@ -7,8 +7,6 @@ codes and scales from sim/gguf_blocks.py (the unpacker's tests hold it to gguf),
 scales from gguf's Q8_0 quantizer (the quantizer's tests hold it to gguf).
 """
 
-import os
-import random
 
 import numpy as np
 import pytest
@@ -20,15 +18,12 @@ import sim.dequant as golden
 from rtl.config import WEIGHT_FORMATS, mode_code
 from rtl.tiles.dequant import Dequantizer, term_layout
 
-from .vectors import run_vectors
+from .vectors import run_vectors, new_seed
 
 
 OUTPUTS = 64
 
 
-def _seed():
-    chosen = os.environ.get("TESSERA_SEED")
-    return int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
 
 
 def pack_terms(ops, outputs):
@@ -90,7 +85,7 @@ def random_weights(rng, fmt, n, k):
 
 @pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
 def test_random_matmul_is_bit_exact(fmt):
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     m, n, k = 4, 16, 512
     x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
@@ -99,7 +94,7 @@ def test_random_matmul_is_bit_exact(fmt):
 
 def test_few_outputs_wait_for_their_sums():
     # Two outputs: each term waits for the previous sum of its output to leave the adder.
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, 256)).astype(np.float32)
     cycles, terms = run_matmul("Q8_0", random_weights(rng, "Q8_0", 2, 256), x, seed,
@@ -109,7 +104,7 @@ def test_few_outputs_wait_for_their_sums():
 
 
 def test_nonfinite_scales_give_ieee_results():
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     w = random_weights(rng, "Q4_1", 8, 64).copy()
     # Block 0 of row 0: d = +inf; block 1 of row 1: m = NaN; row 2: d = 0, m = -inf.
@@ -128,13 +123,13 @@ def test_real_smollm2_attention_matmul_is_bit_exact():
     q = {t.name: t for t in tensors()}["blk.0.attn_q.weight"]
     assert q.tensor_type == GGMLQuantizationType.Q4_1
     # A real prompt's layer-0 input times the first 32 rows of the real query projection.
-    run_matmul("Q4_1", np.asarray(q.data)[:32], prompt_activations()[:2], _seed())
+    run_matmul("Q4_1", np.asarray(q.data)[:32], prompt_activations()[:2], new_seed())
 
 
 def test_an_output_of_negative_zeros_is_negative_zero():
     # Every term of row 0 is 0 · (negative scale) = −0, and −0 + −0 = −0: the first term must
     # not be added to +0. Row 1 is the same with a positive scale: +0.
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     w = random_weights(rng, "Q8_0", 4, 128).copy().reshape(4, -1, 34)
     w[0:2, :, 2:] = 0

@@ -9,8 +9,6 @@ overflow, subnormal operands, and every pair of a list of special values. The te
 subnormal results and subnormal ties and fails if the vectors stopped exercising them.
 """
 
-import os
-import random
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ import pytest
 import sim.fp32 as golden
 from rtl.fp import FP32ToInt, FPDiv
 
-from .vectors import run_vectors
+from .vectors import compose_float32, run_vectors, new_seed
 
 
 DIV_COUNT = 300_000
@@ -34,16 +32,8 @@ SPECIALS = np.array([
 ], dtype=np.uint32)
 
 
-def _seed():
-    chosen = os.environ.get("TESSERA_SEED")
-    return int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
 
 
-def _compose(rng, n, exponents):
-    """Random sign and fraction with the given exponent fields."""
-    sign = rng.integers(0, 2, n, dtype=np.uint32) << 31
-    fraction = rng.integers(0, 1 << 23, n, dtype=np.uint32)
-    return sign | (np.asarray(exponents).astype(np.uint32) << 23) | fraction
 
 
 def _few_bits(rng, n):
@@ -73,7 +63,7 @@ def division_pairs(rng, n):
     pairs = [rng.integers(0, 1 << 32, (part, 2), dtype=np.uint64).astype(np.uint32)]
     # Exact quotients: a = b · c with c a small integer times a power of two (exact in binary32
     # when b has few significand bits), and their neighbours one ulp away.
-    b = _compose(rng, part, rng.integers(60, 190, part))
+    b = compose_float32(rng, part, rng.integers(60, 190, part))
     b = np.where(rng.random(part) < 0.5, (b & np.uint32(0xFF800000)) | _few_bits(rng, part), b)
     c = (rng.integers(1, 1 << 12, part) * 2.0 ** rng.integers(-8, 9, part))
     with np.errstate(all="ignore"):
@@ -86,23 +76,23 @@ def division_pairs(rng, n):
     eb = np.clip(ea + 127 + rng.integers(-30, 8, part), 1, 254)
     # Half of them with few significand bits (b a power of two): ties in the subnormals.
     sparse = rng.random(part) < 0.5
-    a = _compose(rng, part, ea)
+    a = compose_float32(rng, part, ea)
     a = np.where(sparse, (a & np.uint32(0xFF800000)) | _few_bits(rng, part), a)
-    b = _compose(rng, part, eb)
+    b = compose_float32(rng, part, eb)
     b = np.where(sparse, b & np.uint32(0xFF800000), b)
     pairs.append(np.stack([a, b], axis=1))
     # Around overflow, and subnormal divisors.
     ea = rng.integers(200, 255, part)
     eb = np.clip(ea - 127 + rng.integers(-3, 3, part), 0, 254)
-    pairs.append(np.stack([_compose(rng, part, ea), _compose(rng, part, eb)], axis=1))
+    pairs.append(np.stack([compose_float32(rng, part, ea), compose_float32(rng, part, eb)], axis=1))
     # Both subnormal (or close).
-    pairs.append(np.stack([_compose(rng, part, rng.integers(0, 3, part)),
-                           _compose(rng, part, rng.integers(0, 3, part))], axis=1))
+    pairs.append(np.stack([compose_float32(rng, part, rng.integers(0, 3, part)),
+                           compose_float32(rng, part, rng.integers(0, 3, part))], axis=1))
     grid = np.stack(np.meshgrid(SPECIALS, SPECIALS), axis=-1).reshape(-1, 2)
     pairs.append(grid)
     rest = n - sum(len(p) for p in pairs)
-    pairs.append(np.stack([_compose(rng, rest, rng.integers(1, 255, rest)),
-                           _compose(rng, rest, rng.integers(1, 255, rest))], axis=1))
+    pairs.append(np.stack([compose_float32(rng, rest, rng.integers(1, 255, rest)),
+                           compose_float32(rng, rest, rng.integers(1, 255, rest))], axis=1))
     return np.concatenate(pairs)
 
 
@@ -125,7 +115,7 @@ def exact_quotients(a, b, q):
 
 
 def test_division_is_bit_exact_with_numpy():
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     pairs = division_pairs(rng, DIV_COUNT)
     a, b = pairs[:, 0], pairs[:, 1]
@@ -148,7 +138,7 @@ def to_int_values(rng, n):
     values = [
         rng.integers(0, 1 << 32, part, dtype=np.uint64).astype(np.uint32),
         # Every binade from below one half to beyond 2^31.
-        _compose(rng, part, rng.integers(110, 165, part)),
+        compose_float32(rng, part, rng.integers(110, 165, part)),
         # Halves: the dropped bits exactly 100…0, for every integer bit length.
         (rng.integers(0, 1 << 24, part) + 0.5).astype(np.float32).view(np.uint32)
         ^ (rng.integers(0, 2, part, dtype=np.uint32) << 31),
@@ -157,12 +147,12 @@ def to_int_values(rng, n):
         SPECIALS,
     ]
     rest = n - sum(len(v) for v in values)
-    values.append(_compose(rng, rest, rng.integers(100, 170, rest)))
+    values.append(compose_float32(rng, rest, rng.integers(100, 170, rest)))
     return np.concatenate(values)
 
 
 def test_fp32_to_int_is_bit_exact_with_numpy():
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     values = to_int_values(rng, INT_COUNT)
     for width, rounding, count in ((32, "away", INT_COUNT), (8, "even", INT_COUNT // 5)):

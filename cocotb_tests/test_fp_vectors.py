@@ -7,7 +7,6 @@ few bits set (exact ties, counted below in float64 so the test knows it exercise
 at the subnormal and overflow boundaries, and every pair of a list of special values.
 """
 
-import random
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import pytest
 import sim.fp32 as golden
 from rtl.fp import FP16ToFP32, FP32ToFP16, FPAdd, FPCompare, FPMul, Int32ToFP32
 
-from .vectors import run_vectors
+from .vectors import compose_float32, run_vectors, new_seed
 
 
 COUNT = 1_000_000
@@ -31,16 +30,8 @@ SPECIALS = np.array([
 ], dtype=np.uint32)
 
 
-def _seed():
-    import os
-    chosen = os.environ.get("TESSERA_SEED")
-    return int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
 
 
-def _compose(rng, n, exponents):
-    sign = rng.integers(0, 2, n, dtype=np.uint32) << 31
-    fraction = rng.integers(0, 1 << 23, n, dtype=np.uint32)
-    return sign | (exponents.astype(np.uint32) << 23) | fraction
 
 
 def _sparse(rng, n):
@@ -62,8 +53,8 @@ def operand_pairs(rng, n, op):
     # Normal values near each other: cancellation for add, close calls for compare.
     ea = rng.integers(1, 255, part)
     eb = np.clip(ea + rng.integers(-2, 3, part), 1, 254)
-    a = _compose(rng, part, ea)
-    b = _compose(rng, part, eb)
+    a = compose_float32(rng, part, ea)
+    b = compose_float32(rng, part, eb)
     near = rng.random(part) < 0.3  # b = ±a with a few low bits changed
     b = np.where(near, (a ^ rng.integers(0, 16, part, dtype=np.uint32))
                  ^ (rng.integers(0, 2, part, dtype=np.uint32) << 31), b)
@@ -81,7 +72,7 @@ def operand_pairs(rng, n, op):
     else:
         ea = rng.integers(0, 4, part)
         eb = rng.integers(0, 4, part)
-    pairs.append(np.stack([_compose(rng, part, ea), _compose(rng, part, eb)], axis=1))
+    pairs.append(np.stack([compose_float32(rng, part, ea), compose_float32(rng, part, eb)], axis=1))
     # Around overflow.
     if op == "mul":
         ea = rng.integers(127, 255, part)
@@ -89,13 +80,13 @@ def operand_pairs(rng, n, op):
     else:
         ea = rng.integers(250, 255, part)
         eb = rng.integers(250, 255, part)
-    pairs.append(np.stack([_compose(rng, part, ea), _compose(rng, part, eb)], axis=1))
+    pairs.append(np.stack([compose_float32(rng, part, ea), compose_float32(rng, part, eb)], axis=1))
     # Every pair of specials, then uniformly random normals to make up the count.
     grid = np.stack(np.meshgrid(SPECIALS, SPECIALS), axis=-1).reshape(-1, 2)
     pairs.append(grid)
     rest = n - sum(len(p) for p in pairs)
-    pairs.append(np.stack([_compose(rng, rest, rng.integers(1, 255, rest)),
-                           _compose(rng, rest, rng.integers(1, 255, rest))], axis=1))
+    pairs.append(np.stack([compose_float32(rng, rest, rng.integers(1, 255, rest)),
+                           compose_float32(rng, rest, rng.integers(1, 255, rest))], axis=1))
     return np.concatenate(pairs)
 
 
@@ -134,7 +125,7 @@ def _first_mismatch(name, inputs, got, expected):
 
 @pytest.mark.parametrize("op", ["add", "mul"])
 def test_arithmetic_is_bit_exact_with_numpy(op):
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     pairs = operand_pairs(rng, COUNT, op)
     a, b = pairs[:, 0], pairs[:, 1]
@@ -151,7 +142,7 @@ def test_arithmetic_is_bit_exact_with_numpy(op):
 
 
 def test_compare_is_exact():
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     pairs = operand_pairs(rng, COUNT, "compare")
     a, b = pairs[:, 0], pairs[:, 1]
@@ -166,7 +157,7 @@ def test_compare_is_exact():
 
 
 def test_fp16_to_fp32_every_value():
-    seed = _seed()
+    seed = new_seed()
     values = np.arange(1 << 16, dtype=np.uint32)
     run = run_vectors(FP16ToFP32(), toplevel="fp16_to_fp32", inputs=values, seed=seed)
     _first_mismatch("fp16→fp32", values, run.outputs.astype(np.uint32),
@@ -174,18 +165,18 @@ def test_fp16_to_fp32_every_value():
 
 
 def test_fp32_to_fp16_is_bit_exact_with_numpy():
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     part = COUNT // 4
     values = np.concatenate([
         rng.integers(0, 1 << 32, part, dtype=np.uint64).astype(np.uint32),
         # The binary16 range, its subnormals and the rounding boundary to infinity.
-        _compose(rng, part, rng.integers(95, 145, part)),
+        compose_float32(rng, part, rng.integers(95, 145, part)),
         # Halfway cases: the 13 (or more) dropped bits exactly 100…0.
-        _compose(rng, part, rng.integers(95, 145, part)) & ~np.uint32(0xFFF) | np.uint32(0x1000),
+        compose_float32(rng, part, rng.integers(95, 145, part)) & ~np.uint32(0xFFF) | np.uint32(0x1000),
         SPECIALS,
     ])
-    values = np.concatenate([values, _compose(rng, COUNT - len(values),
+    values = np.concatenate([values, compose_float32(rng, COUNT - len(values),
                                               rng.integers(0, 255, COUNT - len(values)))])
     run = run_vectors(FP32ToFP16(), toplevel="fp32_to_fp16", inputs=values, seed=seed)
     _first_mismatch("fp32→fp16", values, run.outputs.astype(np.uint16),
@@ -193,7 +184,7 @@ def test_fp32_to_fp16_is_bit_exact_with_numpy():
 
 
 def test_int32_to_fp32_is_bit_exact_with_numpy():
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     # Magnitudes of every bit length, so every rounding position is exercised; ties where
     # the dropped bits are exactly 100…0.

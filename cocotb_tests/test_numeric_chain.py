@@ -8,7 +8,6 @@ the dequant pipeline sees is what the unpacker RTL produced.
 """
 
 import json
-import os
 import random
 
 import cocotb
@@ -27,7 +26,7 @@ from sim.gguf_blocks import FORMATS, code_values, split_blocks
 from . import harness
 from .streams import StreamSink, StreamSource, Watchdog, start_clock_and_reset
 from .test_dequant import pack_terms
-from .vectors import run_vectors
+from .vectors import new_seed, run_vectors
 
 
 # ---- cocotb: run bytes through the unpacker, keep every output beat ---------------------------
@@ -120,7 +119,7 @@ def test_unpack_then_dequant_is_bit_exact(fmt, tmp_path):
     ops = golden.MatmulOperands(fmt, np.einsum("mbk,nbk->mnb", x_codes, w_codes),
                                 d_w[None], x_blocks.d.view(np.uint16).reshape(x.shape[0], -1)[:, None],
                                 m_w[None], x_codes.sum(axis=2)[:, None])
-    seed = int(os.environ.get("TESSERA_SEED", random.SystemRandom().randrange(1 << 31)))
+    seed = new_seed()
     dut = Dequantizer(64)
     expected = golden.matmul(fmt, w_raw, x).view(np.uint32).reshape(-1)
     run = run_vectors(dut, toplevel="dequant", inputs=pack_terms(ops, 64), seed=seed,

@@ -12,8 +12,6 @@
   that reaches its maximum, checked cycle by cycle, with a watchdog.
 """
 
-import os
-import random
 from collections import deque
 
 import cocotb
@@ -29,7 +27,7 @@ from cocotb_tests import harness
 from cocotb_tests.streams import Watchdog, make_rng, start_clock_and_reset
 from rtl.tiles.requantizer import CONFIG, Requantizer
 
-from .vectors import run_vectors
+from .vectors import run_vectors, new_seed
 
 
 LANES = 2
@@ -64,9 +62,6 @@ class ConfigInPayload(wiring.Component):
         return m
 
 
-def _seed():
-    chosen = os.environ.get("TESSERA_SEED")
-    return int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
 
 
 def _pack_config(multiplier, left, right, zero_point, rounding, output):
@@ -186,7 +181,7 @@ def _check(run, acc, config):
 
 @pytest.mark.parametrize("rounding", ["gemmlowp", "half_even"])
 def test_requantizer_bulk(rounding):
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     stimulus = _gemmlowp_stimulus if rounding == "gemmlowp" else _half_even_stimulus
     acc, config = stimulus(rng, BEATS)
@@ -238,7 +233,7 @@ def _qlinear_cases(rng):
 
 
 def test_requantizer_qlinear_matmul_end_to_end():
-    seed = _seed()
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     accs, configs, checks = [], [], []
     for a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp in _qlinear_cases(rng):

@@ -16,6 +16,7 @@ a waveform; this driver itself writes none.
 import fcntl
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +29,20 @@ from amaranth.hdl import Shape
 from .harness import BUILD, _VERILATOR_ARGS, _verilator_env
 
 
-__all__ = ["VectorRun", "run_vectors", "to_words", "from_words"]
+__all__ = ["VectorRun", "run_vectors", "to_words", "from_words", "new_seed", "compose_float32"]
+
+
+def new_seed():
+    """A run's random seed: ``TESSERA_SEED`` to replay one, else a fresh one (the runs print it)."""
+    chosen = os.environ.get("TESSERA_SEED")
+    return int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
+
+
+def compose_float32(rng, n, exponents):
+    """``n`` binary32 bit patterns with the given exponent fields, random signs and fractions."""
+    sign = rng.integers(0, 2, n, dtype=np.uint32) << 31
+    fraction = rng.integers(0, 1 << 23, n, dtype=np.uint32)
+    return sign | (np.asarray(exponents).astype(np.uint32) << 23) | fraction
 
 
 _MAIN = r"""

@@ -2,16 +2,16 @@
 under backpressure, the IEEE corner cases by name. The 10⁶-vector bit-exactness runs are in
 cocotb_tests/test_fp_vectors.py (Verilator)."""
 
-import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal, Value
+from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
 import sim.fp32 as golden
 from rtl.fp import FP16ToFP32, FP32ToFP16, FPAdd, FPCompare, FPMul, Int32ToFP32
 from rtl.fp.format import leading_zeros
+from tests.sim_streams import stream_through
 
 
 def _f(x):
@@ -21,50 +21,13 @@ def _f(x):
 UNITS = {"add": (FPAdd, golden.add), "mul": (FPMul, golden.mul)}
 
 
-def _stream(dut, payloads, *, idle=0.0, stall=0.0, seed=0):
-    """Send ``payloads`` through ``dut`` with random idle and stall cycles; return the outputs
-    and, for each, the cycle it left."""
-    rng = random.Random(seed)
-    received, cycles = [], []
-    i_payload, o_payload = Value.cast(dut.i.payload), Value.cast(dut.o.payload)
-    width = len(i_payload)
-
-    async def source(ctx):
-        for payload in payloads:
-            while rng.random() < idle:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.i.valid, 1)
-            if i_payload.shape().signed and payload >> (width - 1):
-                payload -= 1 << width
-            ctx.set(i_payload, payload)
-            await ctx.tick().until(dut.i.ready)
-        ctx.set(dut.i.valid, 0)
-
-    async def sink(ctx):
-        cycle = 0
-        while len(received) < len(payloads):
-            ready = rng.random() >= stall
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, o_payload)
-            if valid and ready:
-                received.append(payload)
-                cycles.append(cycle)
-            cycle += 1
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.run()
-    return received, cycles
 
 
 @pytest.mark.parametrize("unit", [FPAdd, FPMul, FPCompare, FP16ToFP32, FP32ToFP16, Int32ToFP32])
 def test_latency_and_one_result_per_cycle(unit):
     dut = unit()
     count = 16
-    received, cycles = _stream(dut, list(range(1, count + 1)))
+    received, cycles = stream_through(dut, list(range(1, count + 1)))
     # The first input is taken in cycle 0; its result is offered LATENCY cycles later, and
     # the rest follow back to back.
     assert cycles == list(range(unit.LATENCY, unit.LATENCY + count))
@@ -77,12 +40,12 @@ def test_nothing_lost_under_backpressure(name):
     a = rng.integers(0, 1 << 32, 300, dtype=np.uint64).astype(np.uint32)
     b = rng.integers(0, 1 << 32, 300, dtype=np.uint64).astype(np.uint32)
     payloads = [int(x) | int(y) << 32 for x, y in zip(a, b)]
-    received, _ = _stream(unit(), payloads, idle=0.3, stall=0.5, seed=7)
+    received, _ = stream_through(unit(), payloads, idle=0.3, stall=0.5, seed=7)
     assert received == [int(v) for v in model(a, b)]
 
 
 def _one(unit, payload):
-    received, _ = _stream(unit(), [payload])
+    received, _ = stream_through(unit(), [payload])
     return received[0]
 
 

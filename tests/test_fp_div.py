@@ -4,53 +4,16 @@ lost under backpressure, parameter errors, and corner cases whose expected resul
 rational arithmetic (``fractions``), not from NumPy. The bulk bit-exactness runs are in
 cocotb_tests/test_fp_div_vectors.py (Verilator)."""
 
-import random
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from amaranth.hdl import Value
-from amaranth.sim import Simulator
 
 import sim.fp32 as golden
 from rtl.fp import FP32ToInt, FPDiv
+from tests.sim_streams import stream_through
 
 
-def stream_through(dut, payloads, *, idle=0.0, stall=0.0, seed=0):
-    """Send ``payloads`` through ``dut`` with random idle and stall cycles; return the outputs
-    (unsigned) and, for each, the cycle it left (the first input is taken in cycle 0)."""
-    rng = random.Random(seed)
-    received, cycles = [], []
-    i_payload, o_payload = Value.cast(dut.i.payload), Value.cast(dut.o.payload)
-    width = len(o_payload)
-
-    async def source(ctx):
-        for payload in payloads:
-            while rng.random() < idle:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.i.valid, 1)
-            ctx.set(i_payload, payload)
-            await ctx.tick().until(dut.i.ready)
-        ctx.set(dut.i.valid, 0)
-
-    async def sink(ctx):
-        cycle = 0
-        while len(received) < len(payloads):
-            ready = rng.random() >= stall
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, o_payload)
-            if valid and ready:
-                received.append(payload & ((1 << width) - 1))
-                cycles.append(cycle)
-            cycle += 1
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.run()
-    return received, cycles
 
 
 # ---- Exact reference: a rational rounded to binary32 -------------------------------------------
