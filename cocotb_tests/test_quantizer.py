@@ -276,9 +276,8 @@ def test_quantizer():
 
 def test_quantizer_vectors():
     from rtl.tiles.quantizer import Q8_0Quantizer
-    from .test_fp_div_vectors import _seed
-    from .vectors import run_vectors
-    seed = _seed()
+    from .vectors import new_seed, run_vectors
+    seed = new_seed()
     rng = np.random.default_rng(seed)
     x = np.concatenate([finite_mix(rng, 2000), nonfinite_blocks(rng, 2000),
                         smollm2_activations(rng, 100)])
