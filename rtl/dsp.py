@@ -1,10 +1,11 @@
-"""The pipelined multiplier every Tessera datapath uses: an ECP5 MULT18X18D with its input,
-pipeline and output registers, or ``*`` between the same three registers elsewhere."""
+"""Vendor mapping the datapaths share: the pipelined multiplier (an ECP5 MULT18X18D with its
+input, pipeline and output registers, or ``*`` between the same three registers elsewhere), and
+the attribute that keeps a small memory in LUT RAM where the device has it."""
 
 from amaranth.hdl import ClockSignal, Const, Instance, Signal
 
 
-__all__ = ["is_ecp5", "registered_multiply", "MULTIPLY_REGISTERS"]
+__all__ = ["is_ecp5", "registered_multiply", "MULTIPLY_REGISTERS", "lut_ram"]
 
 
 #: Cycles from the operands to the product of :func:`registered_multiply`.
@@ -14,6 +15,13 @@ MULTIPLY_REGISTERS = 3
 def is_ecp5(platform):
     """True when elaborating for a Lattice ECP5 (hand-instantiated DSPs)."""
     return getattr(platform, "family", None) == "ecp5"
+
+
+def lut_ram(platform):
+    """Memory attributes asking for LUT RAM on ECP5, where block RAM's unregistered read (5.6 ns
+    clock to output) would sit on a critical path; none elsewhere (the iCE40 has no LUT RAM,
+    and Yosys refuses a forced mapping it cannot honour)."""
+    return {"ram_style": "distributed"} if is_ecp5(platform) else {}
 
 
 def registered_multiply(m, platform, a, b, product, *, signed=True, enable=None, name="multiplier"):

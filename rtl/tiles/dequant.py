@@ -7,6 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..config import PACKED_FORMATS, WEIGHT_FORMATS, mode_code
+from ..dsp import lut_ram
 from ..fifo import StreamFIFO
 from ..fp.add import FPAdd, fp_add
 from ..fp.format import FLOAT32, Pipeline
@@ -203,7 +204,7 @@ class Dequantizer(wiring.Component):
         # In LUT RAM: block RAM's unregistered read (5.6 ns clock to output on ECP5) fed the
         # adder's first stage directly and was the critical path (73 MHz).
         memory = Memory(shape=32, depth=self._outputs, init=[],
-                        attrs={"ram_style": "distributed"})
+                        attrs=lut_ram(platform))
         m.submodules.accumulators = memory
         read = memory.read_port(domain="comb")
         write = memory.write_port()

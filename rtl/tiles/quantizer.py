@@ -6,6 +6,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..dsp import lut_ram
 from ..fifo import StreamFIFO
 from ..fp.div import FPDiv
 from ..fp.format import FLOAT16, FLOAT32
@@ -66,7 +67,7 @@ class _Buffer(wiring.Component):
         depth = self._depth
         width = Shape.cast(self._shape).width
         m.submodules.storage = storage = Memory(shape=width, depth=depth, init=[],
-                                                attrs={"ram_style": "distributed"})
+                                                attrs=lut_ram(platform))
         write = storage.write_port()
         read = storage.read_port(domain="comb")
         head = Signal(range(depth))
@@ -293,7 +294,7 @@ class Q8_0Quantizer(wiring.Component):
         # in LUT RAM, written every cycle.
         delay = FPMul.LATENCY + FP32ToInt.LATENCY
         m.submodules.side = side = Memory(shape=_SIDE_LAYOUT, depth=self.SIDE_DEPTH, init=[],
-                                          attrs={"ram_style": "distributed"})
+                                          attrs=lut_ram(platform))
         side_write = side.write_port()
         side_read = side.read_port(domain="comb")
         time = Signal(range(self.SIDE_DEPTH))
