@@ -53,7 +53,7 @@ def test_parameters_and_from_config():
     config = TesseraConfig(sram_width=256, weight_formats=("Q4_1", "Q8_0"))
     unpacker = WeightUnpacker.from_config(config)
     assert (unpacker.formats, unpacker.byte_width, unpacker.lanes) == (("Q4_1", "Q8_0"), 32, 16)
-    assert unpacker.capacity == 34 + 2 * 32
+    assert unpacker.slots == 8
     assert [unpacker.beats_per_block(f) for f in unpacker.formats] == [2, 2]
     with pytest.raises(ValueError,
                        match=r"^Unpacker byte width must be a power of two from 1 to 64, not 3$"):
