@@ -11,12 +11,11 @@ subnormal results and subnormal ties and fails if the vectors stopped exercising
 
 
 import numpy as np
-import pytest
 
 import sim.fp32 as golden
 from rtl.fp import FP32ToInt, FPDiv
 
-from .vectors import compose_float32, run_vectors, new_seed
+from .vectors import compose_float32, first_mismatch, new_seed, pack_pair, run_vectors
 
 
 DIV_COUNT = 300_000
@@ -45,17 +44,8 @@ def _few_bits(rng, n):
     return fraction
 
 
-def _pack(a, b):
-    return a.astype(np.uint64) | (b.astype(np.uint64) << np.uint64(32))
 
 
-def _first_mismatch(name, inputs, got, expected):
-    bad = np.flatnonzero(got != expected)
-    if bad.size:
-        k = bad[0]
-        operands = ", ".join(f"{int(v):#x}" for v in np.atleast_1d(inputs[k]))
-        pytest.fail(f"{name}: {bad.size} of {len(got)} results differ; first at #{k}: "
-                    f"operands {operands}, RTL {int(got[k]):#x}, golden {int(expected[k]):#x}")
 
 
 def division_pairs(rng, n):
@@ -119,9 +109,9 @@ def test_division_is_bit_exact_with_numpy():
     rng = np.random.default_rng(seed)
     pairs = division_pairs(rng, DIV_COUNT)
     a, b = pairs[:, 0], pairs[:, 1]
-    run = run_vectors(FPDiv(), toplevel="fp_div", inputs=_pack(a, b), seed=seed)
+    run = run_vectors(FPDiv(), toplevel="fp_div", inputs=pack_pair(a, b), seed=seed)
     expected = golden.div(a, b)
-    _first_mismatch(f"div (seed {seed})", pairs, run.outputs.astype(np.uint32), expected)
+    first_mismatch(f"div (seed {seed})", pairs, run.outputs.astype(np.uint32), expected)
     subnormal_results = np.count_nonzero((((expected >> 23) & 0xFF) == 0)
                                          & ((expected & 0x7FFFFFFF) != 0))
     ties = subnormal_ties(a, b)
@@ -163,7 +153,7 @@ def test_fp32_to_int_is_bit_exact_with_numpy():
         got = run.outputs.astype(np.int64)
         got = np.where(got >> (width - 1) & 1, got - (1 << width), got)
         expected = golden.fp32_to_int(chosen, width, rounding)
-        _first_mismatch(f"fp32→int{width} {rounding} (seed {seed})", chosen, got, expected)
+        first_mismatch(f"fp32→int{width} {rounding} (seed {seed})", chosen, got, expected)
         with np.errstate(all="ignore"):
             halves = np.count_nonzero(np.abs(golden.floats(chosen)) % 1 == 0.5)
         assert halves > count // 10

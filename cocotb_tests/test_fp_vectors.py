@@ -14,7 +14,7 @@ import pytest
 import sim.fp32 as golden
 from rtl.fp import FP16ToFP32, FP32ToFP16, FPAdd, FPCompare, FPMul, Int32ToFP32
 
-from .vectors import compose_float32, run_vectors, new_seed
+from .vectors import compose_float32, first_mismatch, new_seed, pack_pair, run_vectors
 
 
 COUNT = 1_000_000
@@ -110,17 +110,8 @@ def exact_ties(a, b, op):
     return int(np.count_nonzero(usable & (rounded != exact) & (midpoint == exact)))
 
 
-def _pack(a, b):
-    return a.astype(np.uint64) | (b.astype(np.uint64) << np.uint64(32))
 
 
-def _first_mismatch(name, inputs, got, expected):
-    bad = np.flatnonzero(got != expected)
-    if bad.size:
-        k = bad[0]
-        operands = ", ".join(f"{int(v):#x}" for v in np.atleast_1d(inputs[k]))
-        pytest.fail(f"{name}: {bad.size} of {len(got)} results differ; first at #{k}: "
-                    f"operands {operands}, RTL {int(got[k]):#x}, golden {int(expected[k]):#x}")
 
 
 @pytest.mark.parametrize("op", ["add", "mul"])
@@ -130,9 +121,9 @@ def test_arithmetic_is_bit_exact_with_numpy(op):
     pairs = operand_pairs(rng, COUNT, op)
     a, b = pairs[:, 0], pairs[:, 1]
     unit = FPAdd() if op == "add" else FPMul()
-    run = run_vectors(unit, toplevel=f"fp_{op}", inputs=_pack(a, b), seed=seed)
+    run = run_vectors(unit, toplevel=f"fp_{op}", inputs=pack_pair(a, b), seed=seed)
     expected = (golden.add if op == "add" else golden.mul)(a, b)
-    _first_mismatch(f"{op} (seed {seed})", pairs, run.outputs.astype(np.uint32), expected)
+    first_mismatch(f"{op} (seed {seed})", pairs, run.outputs.astype(np.uint32), expected)
     # The vectors did exercise what they are meant to.
     ties = exact_ties(a, b, op)
     subnormal_results = np.count_nonzero(((expected >> 23) & 0xFF) == 0)
@@ -146,13 +137,13 @@ def test_compare_is_exact():
     rng = np.random.default_rng(seed)
     pairs = operand_pairs(rng, COUNT, "compare")
     a, b = pairs[:, 0], pairs[:, 1]
-    run = run_vectors(FPCompare(), toplevel="fp_compare", inputs=_pack(a, b), seed=seed)
+    run = run_vectors(FPCompare(), toplevel="fp_compare", inputs=pack_pair(a, b), seed=seed)
     out = run.outputs
     maximum, less, equal, unordered = golden.compare(a, b)
-    _first_mismatch("max", pairs, (out & 0xFFFFFFFF).astype(np.uint32), maximum)
+    first_mismatch("max", pairs, (out & 0xFFFFFFFF).astype(np.uint32), maximum)
     for bit, name, expected in [(32, "less", less), (33, "equal", equal),
                                 (34, "unordered", unordered)]:
-        _first_mismatch(name, pairs, ((out >> np.uint64(bit)) & np.uint64(1)).astype(bool),
+        first_mismatch(name, pairs, ((out >> np.uint64(bit)) & np.uint64(1)).astype(bool),
                         expected)
 
 
@@ -160,7 +151,7 @@ def test_fp16_to_fp32_every_value():
     seed = new_seed()
     values = np.arange(1 << 16, dtype=np.uint32)
     run = run_vectors(FP16ToFP32(), toplevel="fp16_to_fp32", inputs=values, seed=seed)
-    _first_mismatch("fp16→fp32", values, run.outputs.astype(np.uint32),
+    first_mismatch("fp16→fp32", values, run.outputs.astype(np.uint32),
                     golden.fp16_to_fp32(values.astype(np.uint16)))
 
 
@@ -179,7 +170,7 @@ def test_fp32_to_fp16_is_bit_exact_with_numpy():
     values = np.concatenate([values, compose_float32(rng, COUNT - len(values),
                                               rng.integers(0, 255, COUNT - len(values)))])
     run = run_vectors(FP32ToFP16(), toplevel="fp32_to_fp16", inputs=values, seed=seed)
-    _first_mismatch("fp32→fp16", values, run.outputs.astype(np.uint16),
+    first_mismatch("fp32→fp16", values, run.outputs.astype(np.uint16),
                     golden.fp32_to_fp16(values))
 
 
@@ -199,5 +190,5 @@ def test_int32_to_fp32_is_bit_exact_with_numpy():
     values = values.astype(np.int64).astype(np.int32)
     run = run_vectors(Int32ToFP32(), toplevel="int32_to_fp32",
                       inputs=values.view(np.uint32), seed=seed)
-    _first_mismatch("int32→fp32", values, run.outputs.astype(np.uint32),
+    first_mismatch("int32→fp32", values, run.outputs.astype(np.uint32),
                     golden.int32_to_fp32(values))

@@ -29,7 +29,8 @@ from amaranth.hdl import Shape
 from .harness import BUILD, _VERILATOR_ARGS, _verilator_env
 
 
-__all__ = ["VectorRun", "run_vectors", "to_words", "from_words", "new_seed", "compose_float32"]
+__all__ = ["VectorRun", "run_vectors", "to_words", "from_words", "new_seed", "compose_float32",
+           "pack_pair", "first_mismatch"]
 
 
 def new_seed():
@@ -131,6 +132,22 @@ def _get(port, width):
     if width <= 64:
         return f"w[0] = (uint32_t)top.{port}; w[1] = (uint32_t)(top.{port} >> 32);"
     return " ".join(f"w[{k}] = top.{port}[{k}];" for k in range(words))
+
+
+def pack_pair(a, b):
+    """Payloads of two-operand units (``OPERANDS``): ``a`` in bits 0–31, ``b`` in 32–63."""
+    return a.astype(np.uint64) | (b.astype(np.uint64) << np.uint64(32))
+
+
+def first_mismatch(name, inputs, got, expected):
+    """Fail naming how many results differ and the operands of the first."""
+    import pytest
+    bad = np.flatnonzero(got != expected)
+    if bad.size:
+        k = bad[0]
+        operands = ", ".join(f"{int(v):#x}" for v in np.atleast_1d(inputs[k]))
+        pytest.fail(f"{name}: {bad.size} of {len(got)} results differ; first at #{k}: "
+                    f"operands {operands}, RTL {int(got[k]):#x}, golden {int(expected[k]):#x}")
 
 
 def to_words(values, width):

@@ -5,7 +5,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..stream_rules import assert_stream_rules
-from .format import CANONICAL_NAN32, FLOAT32, OPERANDS, Pipeline, leading_zeros, round_float32
+from .format import (CANONICAL_NAN32, FLOAT32, OPERANDS, Pipeline, leading_zeros, round_float32,
+                     significand_and_exponent)
 
 
 __all__ = ["FPAdd", "fp_add"]
@@ -57,13 +58,8 @@ def fp_add(p, a, b, name="add"):
 
         # 2: order by magnitude, so that the difference of the significands is never negative
         # and the larger operand's exponent and sign are the result's before normalising.
-        def parts(x):
-            # A subnormal has no hidden bit and the exponent of the smallest normal.
-            normal = x.exponent != 0
-            return Cat(x.fraction, normal), Mux(normal, x.exponent, 1)
-
-        a_significand, a_exponent = parts(a)
-        b_significand, b_exponent = parts(b)
+        a_significand, a_exponent = significand_and_exponent(a)
+        b_significand, b_exponent = significand_and_exponent(b)
         swap = a.as_value()[:31] < b.as_value()[:31]
         # The alignment distance does not need the magnitude order, only the exponents': both
         # differences, in parallel with the comparison (stage 3 picks and clamps).

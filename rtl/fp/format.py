@@ -6,7 +6,8 @@ from amaranth.lib import data
 
 
 __all__ = ["FLOAT32", "FLOAT16", "OPERANDS", "CANONICAL_NAN32", "CANONICAL_NAN16",
-           "Pipeline", "leading_zeros", "round_float32"]
+           "Pipeline", "leading_zeros", "round_float32",
+           "significand_and_exponent"]
 
 
 #: IEEE-754 binary32, fields in bit order (fraction in bits 0–22).
@@ -81,6 +82,13 @@ class Pipeline:
                 pipeline._prefix = self.outer
 
         return _Scope()
+
+
+def significand_and_exponent(x):
+    """24-bit significand and effective exponent of binary32 ``x``: a subnormal has no hidden
+    bit and the exponent of the smallest normal, 1."""
+    normal = x.exponent != 0
+    return Cat(x.fraction, normal), Mux(normal, x.exponent, 1)
 
 
 def _count(bits):

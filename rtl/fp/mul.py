@@ -6,7 +6,8 @@ from amaranth.lib.wiring import In, Out
 
 from ..dsp import registered_multiply
 from ..stream_rules import assert_stream_rules
-from .format import CANONICAL_NAN32, FLOAT32, OPERANDS, Pipeline, leading_zeros, round_float32
+from .format import (CANONICAL_NAN32, FLOAT32, OPERANDS, Pipeline, leading_zeros, round_float32,
+                     significand_and_exponent)
 
 
 __all__ = ["FPMul", "fp_mul"]
@@ -62,16 +63,13 @@ def fp_mul(p, platform, a, b, name="mul"):
         # and the exponent of the product with the leading one at bit 47: bias 127 once, and
         # one more because a product of two normal significands has its leading one at bit 46
         # or 47 and the count below is of zeros above bit 47.
-        def parts(x):
-            normal = x.exponent != 0
-            return Cat(x.fraction, normal), Mux(normal, x.exponent, 1)
 
         def kind(x):
             top = x.exponent == 0xFF
             return top & (x.fraction != 0), top & (x.fraction == 0), x.as_value()[:31] == 0
 
-        a_significand, a_exponent = parts(a)
-        b_significand, b_exponent = parts(b)
+        a_significand, a_exponent = significand_and_exponent(a)
+        b_significand, b_exponent = significand_and_exponent(b)
         a_nan, a_inf, a_zero = kind(a)
         b_nan, b_inf, b_zero = kind(b)
         s2_exponent = p.stage(a_exponent + b_exponent - 126, "s2_exponent", shape=signed(11))
