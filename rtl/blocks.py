@@ -4,6 +4,10 @@ tables iterate over. Each entry turns a :class:`~rtl.config.TesseraConfig` into 
 from .arbiter import RoundRobinArbiter
 from .config import ROUTER_PORTS, TesseraConfig
 from .fifo import StreamFIFO
+from .noc.flit import FlitFormat
+from .noc.interface import NetworkInterface
+from .noc.mesh import Mesh
+from .noc.router import Router
 from .fp import FP16ToFP32, FP32ToFP16, FP32ToInt, FPAdd, FPCompare, FPDiv, FPMul, Int32ToFP32
 from .tiles.dequant import Dequantizer
 from .tiles.mac_array import MACArray
@@ -22,6 +26,13 @@ BLOCKS = {
              "stream FIFO, one flit wide and buffer_depth deep (a router input buffer)"),
     "arbiter": (lambda c: RoundRobinArbiter(ROUTER_PORTS),
                 "round-robin arbiter over the five router ports"),
+    "router": (lambda c: Router(FlitFormat.from_config(c), min(1, c.mesh_x - 1),
+                                min(1, c.mesh_y - 1), c.buffer_depth),
+               "NoC router: five ports, XY wormhole routing, credits, multicast (an inner one)"),
+    "mesh": (lambda c: Mesh.from_config(c),
+             "NoC mesh: mesh_x x mesh_y routers, tile and edge links exposed"),
+    "noc_interface": (lambda c: NetworkInterface(FlitFormat.from_config(c), 0, 0, c.buffer_depth),
+                      "NoC network interface: a tile's messages to packets and back"),
     "sram": (lambda c: SRAM.from_config(c),
              "tile scratchpad: sram_banks x sram_bank_depth words, fill/weight/act/vector ports"),
     "mac_array": (lambda c: MACArray.from_config(c),

@@ -116,6 +116,13 @@ class TesseraConfig:
                    power_of_two=True)
         _check_int("sram_width", self.sram_width, low=8, high=512, multiple_of=8)
 
+        # The head flit carries the whole header, whose coordinate fields grow with the mesh.
+        from .noc.flit import FlitFormat
+        try:
+            FlitFormat(self.mesh_x, self.mesh_y, self.flit_width)
+        except ValueError as error:
+            raise ValueError(str(error).replace("Flit width", "flit_width", 1)) from None
+
         if not isinstance(self.sram_ecc, bool):
             raise TypeError(f"sram_ecc must be True or False, not {self.sram_ecc!r}")
         if self.sram_interleave not in SRAM_INTERLEAVES:

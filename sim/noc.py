@@ -119,7 +119,7 @@ def _sources(fmt):
                     yield (x, y), port
 
 
-def _walk(fmt, start, in_port, header, visit):
+def _walk(fmt, start, in_port, header, visit, routing=route):
     """Follow a head flit from router ``start`` (arriving on ``in_port``) through the mesh.
 
     ``visit(router, in_port, outputs)`` is called at every router it passes. Returns the
@@ -132,7 +132,7 @@ def _walk(fmt, start, in_port, header, visit):
         steps += 1
         if steps > 4 * X * Y * len(PORTS):
             raise RuntimeError(f"Routing loops for header {header}")
-        mask = route(fmt, x, y, arrived, header)
+        mask = routing(fmt, x, y, arrived, header)
         outputs = [p for p in PORTS if mask >> p.value & 1]
         visit((x, y), arrived, outputs)
         for port in outputs:
@@ -165,7 +165,7 @@ def _headers(fmt):
                            "multicast": 1}
 
 
-def channel_dependency_graph(fmt):
+def channel_dependency_graph(fmt, routing=route):
     """Channel dependency graph of the routing function, multicast included.
 
     Nodes are channels: ``("in", router, port)`` for an injection link into a router (a tile's
@@ -179,7 +179,8 @@ def channel_dependency_graph(fmt):
 
     Every header (every unicast destination, tiles and edges, and every multicast rectangle)
     is walked from every injection point along the route the RTL would take, so the graph has
-    exactly the dependencies that can occur. Returns ``{node: set(successors)}``.
+    exactly the dependencies that can occur. ``routing`` replaces the routing function (the
+    tests pass broken ones to show the check can fail). Returns ``{node: set(successors)}``.
     """
     X, Y = fmt.mesh_x, fmt.mesh_y
     graph = {}
@@ -203,7 +204,7 @@ def channel_dependency_graph(fmt):
 
     for router, in_port in _sources(fmt):
         for header in _headers(fmt):
-            _walk(fmt, router, in_port, header, visit)
+            _walk(fmt, router, in_port, header, visit, routing)
     return graph
 
 
