@@ -344,10 +344,13 @@ class Router(wiring.Component):
                 Assert((lock & (lock - 1)[:n]) == 0, f"output {o} locked by two inputs"),
                 Assert(~link.valid | credits[o], f"output {o} sent without a credit"),
             ]
-            # Dimension order: a flit that came along Y never turns onto an X link to another
-            # router. An edge port is an endpoint, so turning into it is allowed.
-            if PORTS[o] in (Port.EAST, Port.WEST) and not self._is_edge(PORTS[o]):
-                m.d.sync += Assert(~(moving[Port.NORTH.value] | moving[Port.SOUTH.value]),
+            # Dimension order: a flit that came along Y from another router never turns onto
+            # an X link to another router. Edge ports are endpoints: a packet injected at a
+            # north or south edge starts its route there, and one leaving through an east or
+            # west edge ends it, so those turns close no cycle.
+            y_links = [q.value for q in (Port.NORTH, Port.SOUTH) if not self._is_edge(q)]
+            if PORTS[o] in (Port.EAST, Port.WEST) and not self._is_edge(PORTS[o]) and y_links:
+                m.d.sync += Assert(~Cat(moving[q] for q in y_links).any(),
                                    f"output {o}: Y-to-X turn")
 
         return m
