@@ -14,7 +14,7 @@ from rtl.noc.flit import DIRECTIONS, PORTS, Port
 from rtl.noc.routing import route
 
 
-__all__ = ["Packet", "encode_header", "decode_header", "packet_flits", "flit_value",
+__all__ = ["injection_points", "Packet", "encode_header", "decode_header", "packet_flits", "flit_value",
            "decode_flit", "tile_field", "edge_field", "destinations", "deliveries",
            "channel_dependency_graph", "find_cycle", "NEIGHBOUR"]
 
@@ -107,6 +107,11 @@ def destinations(fmt):
     return tiles + edges
 
 
+def injection_points(fmt):
+    """Every ``(router, port)`` where an endpoint injects: tiles' local ports, edge ports."""
+    return list(_sources(fmt))
+
+
 def _sources(fmt):
     # Injection points: every tile's local port and every edge port (router, input port).
     X, Y = fmt.mesh_x, fmt.mesh_y
@@ -165,7 +170,7 @@ def _headers(fmt):
                            "multicast": 1}
 
 
-def channel_dependency_graph(fmt, routing=route):
+def channel_dependency_graph(fmt, routing=route, multicast_sources=None):
     """Channel dependency graph of the routing function, multicast included.
 
     Nodes are channels: ``("in", router, port)`` for an injection link into a router (a tile's
@@ -173,14 +178,17 @@ def channel_dependency_graph(fmt, routing=route):
     edge ``a -> b`` means a packet can hold ``a`` while it waits for ``b``:
 
     - at every router a packet passes, the channel it arrived on waits for each output it
-      needs (a multicast head holds its input until every copy can move);
-    - a multicast head acquires its outputs one at a time in port order, so each output it
-      holds waits for the outputs after it.
+      needs;
+    - a multicast sends each flit to all its outputs together, so each output it holds at a
+      router waits for what every sibling output waits for next (in both directions: the copy
+      on one branch stops when another branch runs out of credits).
 
     Every header (every unicast destination, tiles and edges, and every multicast rectangle)
-    is walked from every injection point along the route the RTL would take, so the graph has
-    exactly the dependencies that can occur. ``routing`` replaces the routing function (the
-    tests pass broken ones to show the check can fail). Returns ``{node: set(successors)}``.
+    is walked along the route the RTL takes from every injection point, multicasts only from
+    ``multicast_sources`` (``(router, port)`` injection points; None: from everywhere), so the
+    graph has exactly the dependencies that can occur. ``routing`` replaces the routing
+    function (the tests pass broken ones to show the check can fail). Returns
+    ``{node: set(successors)}``.
     """
     X, Y = fmt.mesh_x, fmt.mesh_y
     graph = {}
@@ -195,16 +203,27 @@ def channel_dependency_graph(fmt, routing=route):
             return ("out", (nx, ny), _OPPOSITE[arrived])
         return ("in", router, arrived)
 
-    def visit(router, arrived, outputs):
-        held = channel_into(router, arrived)
-        outs = [("out", router, port) for port in outputs]
-        graph.setdefault(held, set()).update(outs)
-        for k, out in enumerate(outs):
-            graph.setdefault(out, set()).update(outs[k + 1:])
-
     for router, in_port in _sources(fmt):
+        allowed = multicast_sources is None or (router, in_port) in multicast_sources
         for header in _headers(fmt):
+            if header["multicast"] and not allowed:
+                continue
+            # One packet's tree: the outputs it needs after each channel it holds.
+            needs = {}
+
+            def visit(router, arrived, outputs):
+                held = channel_into(router, arrived)
+                needs.setdefault(held, set()).update(("out", router, p) for p in outputs)
+
             _walk(fmt, router, in_port, header, visit, routing)
+            for held, outs in needs.items():
+                graph.setdefault(held, set()).update(outs)
+                for out in outs:
+                    graph.setdefault(out, set())
+                    # A copy stops when a sibling copy stops: holding one branch, the packet
+                    # waits for whatever every other branch waits for next.
+                    for sibling in outs - {out}:
+                        graph[out].update(needs.get(sibling, ()))
     return graph
 
 

@@ -16,7 +16,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 
-__all__ = ["Port", "PORTS", "FlitFormat", "Link", "LENGTH_BITS", "KIND_BITS", "DIRECTIONS"]
+__all__ = ["Port", "PORTS", "FlitFormat", "Link", "LENGTH_BITS", "KIND_BITS", "DIRECTIONS",
+           "endpoint_port"]
 
 
 class Port(enum.Enum, shape=3):
@@ -167,3 +168,27 @@ class Link(wiring.Signature):
 
     def __repr__(self):
         return f"Link({self._flit_layout!r})"
+
+
+def endpoint_port(fmt, field, what):
+    """``((x, y), port)``: the router and injection port of the endpoint at field coordinates
+    ``field`` (a tile, or an endpoint beyond an edge); None for None. ``what`` names the
+    parameter in the error for anything else."""
+    if field is None:
+        return None
+    X, Y = fmt.mesh_x, fmt.mesh_y
+    try:
+        fx, fy = field
+        fx, fy = int(fx), int(fy)
+    except (TypeError, ValueError):
+        fx = fy = -1
+    in_x, in_y = 1 <= fx <= X, 1 <= fy <= Y
+    if in_x and in_y:
+        return (fx - 1, fy - 1), Port.LOCAL
+    if in_y and fx in (0, X + 1):
+        return ((0, fy - 1), Port.WEST) if fx == 0 else ((X - 1, fy - 1), Port.EAST)
+    if in_x and fy in (0, Y + 1):
+        return ((fx - 1, 0), Port.SOUTH) if fy == 0 else ((fx - 1, Y - 1), Port.NORTH)
+    raise ValueError(f"{what} must be the field coordinates of a tile or an edge endpoint of "
+                     f"the {X}x{Y} mesh (x from 0 to {X + 1}, y from 0 to {Y + 1}, not a "
+                     f"corner), not {field!r}")

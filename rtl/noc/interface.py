@@ -40,6 +40,9 @@ class NetworkInterface(wiring.Component):
     depth : int
         Flits in the receive buffer; also the router's input buffer depth (the credits this
         interface starts with).
+    multicast : bool
+        This tile is the mesh's multicast source. Elsewhere a multicast header is dropped like
+        one addressed outside the mesh (the router would drop it too).
 
     Members
     -------
@@ -61,7 +64,7 @@ class NetworkInterface(wiring.Component):
         Messages dropped, saturating.
     """
 
-    def __init__(self, fmt, x, y, depth):
+    def __init__(self, fmt, x, y, depth, *, multicast=False):
         if not isinstance(fmt, FlitFormat):
             raise TypeError(f"Network interface flit format must be a FlitFormat, not {fmt!r}")
         for name, value, size in (("x", x, fmt.mesh_x), ("y", y, fmt.mesh_y)):
@@ -72,6 +75,7 @@ class NetworkInterface(wiring.Component):
             raise ValueError(f"Network interface buffer depth must be a positive integer, "
                              f"not {depth!r}")
         self._fmt, self._x, self._y, self._depth = fmt, x, y, depth
+        self._multicast = bool(multicast)
         super().__init__({
             "i_header": In(stream.Signature(fmt.header)),
             "i": In(stream.Signature(fmt.flit_width)),
@@ -107,6 +111,10 @@ class NetworkInterface(wiring.Component):
     def depth(self):
         return self._depth
 
+    @property
+    def multicast(self):
+        return self._multicast
+
     def elaborate(self, platform):
         m = Module()
 
@@ -129,6 +137,8 @@ class NetworkInterface(wiring.Component):
         unicast_ok = (in_x & in_y) | (beyond_x & in_y) | (in_x & beyond_y)
         multicast_ok = in_x & in_y & (lx >= dx) & (lx <= X) & (ly >= dy) & (ly <= Y)
         addressable = Signal()
+        if not self._multicast:
+            multicast_ok = 0
         m.d.comb += addressable.eq(Mux(header.multicast, multicast_ok, unicast_ok))
 
         head = Signal(fmt.header)

@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .flit import FlitFormat, Link, Port
+from .flit import FlitFormat, Link, Port, endpoint_port
 from .router import Router
 
 
@@ -30,6 +30,11 @@ class Mesh(wiring.Component):
         Flit format; its mesh size is the mesh's.
     depth : int
         Flits per router input buffer (and per receiver at the mesh's outputs).
+    multicast_source : tuple of int or None
+        Field coordinates of the one endpoint (a tile or an edge endpoint) allowed to start
+        multicast packets; default tile (0, 0), i.e. ``(1, 1)``; None for no multicast. Tree
+        multicast with wormhole switching deadlocks when two sources' trees cross
+        (docs/noc.md), so the routers drop multicasts from anywhere else.
 
     Members
     -------
@@ -43,12 +48,14 @@ class Mesh(wiring.Component):
         Router ``(x, y)``'s sticky malformed-packet flag is bit ``y * mesh_x + x``.
     """
 
-    def __init__(self, fmt, depth):
+    def __init__(self, fmt, depth, *, multicast_source=(1, 1)):
         if not isinstance(fmt, FlitFormat):
             raise TypeError(f"Mesh flit format must be a FlitFormat, not {fmt!r}")
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"Mesh buffer depth must be a positive integer, not {depth!r}")
         self._fmt, self._depth = fmt, depth
+        self._multicast_at = endpoint_port(fmt, multicast_source, "Mesh multicast source")
+        self._multicast_source = None if multicast_source is None else tuple(multicast_source)
         X, Y = fmt.mesh_x, fmt.mesh_y
         link = Link(fmt.flit)
         super().__init__({
@@ -73,6 +80,10 @@ class Mesh(wiring.Component):
     def depth(self):
         return self._depth
 
+    @property
+    def multicast_source(self):
+        return self._multicast_source
+
     def edge_input(self, port, index):
         """The mesh's input link on edge ``port`` at row/column ``index``."""
         return getattr(self, f"i_{Port(port).name.lower()}")[index]
@@ -87,7 +98,9 @@ class Mesh(wiring.Component):
         routers = {}
         for y in range(Y):
             for x in range(X):
-                router = Router(self._fmt, x, y, self._depth)
+                at = self._multicast_at
+                ports = (at[1],) if at is not None and at[0] == (x, y) else ()
+                router = Router(self._fmt, x, y, self._depth, multicast_ports=ports)
                 m.submodules[f"router_{x}_{y}"] = router
                 routers[x, y] = router
                 wiring.connect(m, wiring.flipped(self.i_local[y][x]), router.i_local)

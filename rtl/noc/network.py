@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .flit import DIRECTIONS, FlitFormat, Link, Port
+from .flit import DIRECTIONS, FlitFormat, Link, Port, endpoint_port
 from .interface import NetworkInterface
 from .mesh import Mesh
 
@@ -21,6 +21,9 @@ class Network(wiring.Component):
     fmt : :class:`~rtl.noc.flit.FlitFormat`
     depth : int
         Router and interface buffer depth, in flits.
+    multicast_source : tuple of int or None
+        Field coordinates of the one tile or edge endpoint that may start multicasts (see
+        :class:`~rtl.noc.mesh.Mesh`); default tile (0, 0).
 
     Members
     -------
@@ -35,12 +38,14 @@ class Network(wiring.Component):
         Interfaces' dropped-message counters.
     """
 
-    def __init__(self, fmt, depth):
+    def __init__(self, fmt, depth, *, multicast_source=(1, 1)):
         if not isinstance(fmt, FlitFormat):
             raise TypeError(f"Network flit format must be a FlitFormat, not {fmt!r}")
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"Network buffer depth must be a positive integer, not {depth!r}")
         self._fmt, self._depth = fmt, depth
+        endpoint_port(fmt, multicast_source, "Network multicast source")
+        self._multicast_source = None if multicast_source is None else tuple(multicast_source)
         X, Y = fmt.mesh_x, fmt.mesh_y
         link = Link(fmt.flit)
         members = {
@@ -71,15 +76,21 @@ class Network(wiring.Component):
     def depth(self):
         return self._depth
 
+    @property
+    def multicast_source(self):
+        return self._multicast_source
+
     def elaborate(self, platform):
         m = Module()
 
         X, Y = self._fmt.mesh_x, self._fmt.mesh_y
-        m.submodules.mesh = mesh = Mesh(self._fmt, self._depth)
+        m.submodules.mesh = mesh = Mesh(self._fmt, self._depth,
+                                        multicast_source=self._multicast_source)
         errors = []
         for y in range(Y):
             for x in range(X):
-                ni = NetworkInterface(self._fmt, x, y, self._depth)
+                ni = NetworkInterface(self._fmt, x, y, self._depth,
+                                      multicast=self._multicast_source == (x + 1, y + 1))
                 m.submodules[f"interface_{x}_{y}"] = ni
                 wiring.connect(m, ni.o_link, mesh.i_local[y][x])
                 wiring.connect(m, mesh.o_local[y][x], ni.i_link)

@@ -122,6 +122,11 @@ class Router(wiring.Component):
         Flits per input buffer; also the credits each output starts with, since every receiver
         (router or network interface) has a buffer this deep. At least 3 sustain one flit per
         cycle per link (the credit loop takes three cycles).
+    multicast_ports : iterable of :class:`~rtl.noc.flit.Port`
+        Injection ports (``LOCAL``, or edge ports of a router on the boundary) through which
+        an endpoint may start a multicast. A multicast head arriving on another injection port
+        is dropped and flags ``malformed``. Multicasts arriving from neighbouring routers are
+        always forwarded. The mesh gives this to the router of its one multicast source.
 
     Members
     -------
@@ -133,7 +138,7 @@ class Router(wiring.Component):
         Sticky: some input received a flit that broke the framing rules above.
     """
 
-    def __init__(self, fmt, x, y, depth):
+    def __init__(self, fmt, x, y, depth, *, multicast_ports=()):
         if not isinstance(fmt, FlitFormat):
             raise TypeError(f"Router flit format must be a FlitFormat, not {fmt!r}")
         for name, value, size in (("x", x, fmt.mesh_x), ("y", y, fmt.mesh_y)):
@@ -143,6 +148,16 @@ class Router(wiring.Component):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"Router buffer depth must be a positive integer, not {depth!r}")
         self._fmt, self._x, self._y, self._depth = fmt, x, y, depth
+        injection = [p for p in PORTS if self._is_edge(p)]
+        try:
+            ports = frozenset(Port(p) for p in multicast_ports)
+        except (TypeError, ValueError):
+            ports = None
+        if ports is None or not ports <= set(injection):
+            raise ValueError(f"Router multicast ports must be injection ports of router "
+                             f"({x}, {y}) ({', '.join(p.name for p in injection)}), "
+                             f"not {multicast_ports!r}")
+        self._multicast_ports = ports
         members = {}
         for port in PORTS:
             members[f"i_{port.name.lower()}"] = In(Link(fmt.flit))
@@ -166,6 +181,12 @@ class Router(wiring.Component):
     @property
     def depth(self):
         return self._depth
+
+    @property
+    def multicast_ports(self):
+        """Injection ports (the tile's, or edge ports) through which an endpoint may start a
+        multicast; a multicast head arriving on any other injection port is dropped."""
+        return self._multicast_ports
 
     def input(self, port):
         return getattr(self, f"i_{Port(port).name.lower()}")
@@ -200,6 +221,10 @@ class Router(wiring.Component):
             incoming = link.flit
             header = data.View(fmt.header, incoming.data[:fmt.header_width])
             head_route = route(fmt, self._x, self._y, p, header)
+            if self._is_edge(p) and p not in self._multicast_ports:
+                # Only the mesh's one multicast source may start a multicast (docs/noc.md,
+                # "Deadlock freedom"); one from anywhere else routes nowhere.
+                head_route = Mux(header.multicast, 0, head_route)
             entry = buffer.incoming
             m.d.comb += [
                 buffer.incoming_valid.eq(link.valid),
