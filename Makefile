@@ -49,6 +49,7 @@ bench: $(STAMP) docs
 	$(BIN)/tessera bench sram
 	$(BIN)/tessera bench array
 	$(BIN)/tessera bench numeric
+	$(BIN)/tessera bench noc
 
 clean:
 	rm -rf build

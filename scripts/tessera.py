@@ -9,6 +9,7 @@
     tessera docs                                           regenerate docs/area.md
     tessera bench sram                                     regenerate docs/sram_performance.md
     tessera bench array                                    regenerate docs/mac_array_performance.md
+    tessera bench noc                                      regenerate docs/noc_performance.md
     tessera demo                                           the main job on the default configuration
 """
 
@@ -130,6 +131,12 @@ def cmd_bench(args):
         from scripts import bench_array
         print(bench_array.run(progress=sys.stderr.isatty()), end="")
         print(f"wrote {bench_array.OUTPUT.relative_to(REPO)}", file=sys.stderr)
+    elif args.block == "noc":
+        from scripts import bench_noc
+        status = bench_noc.main([])
+        if status:
+            raise SystemExit(status)
+        print(f"wrote {bench_noc.OUTPUT.relative_to(REPO)}", file=sys.stderr)
 
 
 def cmd_demo(args):
@@ -180,7 +187,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_synth)
     sub.add_parser("docs", help="regenerate docs/area.md").set_defaults(func=cmd_docs)
     p = sub.add_parser("bench", help="benchmark a block and regenerate its docs page")
-    p.add_argument("block", choices=["sram", "array", "numeric"])
+    p.add_argument("block", choices=["sram", "array", "numeric", "noc"])
     p.set_defaults(func=cmd_bench)
     sub.add_parser("demo", help="the main job on the default configuration") \
         .set_defaults(func=cmd_demo)
