@@ -17,8 +17,8 @@ def test_bad_override_exits_with_the_parameter_named(capsys):
 
 def test_unknown_block_lists_the_known_ones(capsys):
     with pytest.raises(SystemExit):
-        main(["verilog", "router"])
-    assert "Unknown block 'router'; known blocks: fifo, arbiter" in capsys.readouterr().err
+        main(["verilog", "crossbar"])
+    assert "Unknown block 'crossbar'; known blocks: fifo, arbiter, router" in capsys.readouterr().err
 
 
 def test_config_prints_overrides(capsys):
