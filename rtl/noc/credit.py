@@ -67,7 +67,8 @@ class CreditCounter(wiring.Component):
 
         m.d.sync += [
             Assert(~self.send | nonzero, "flit sent without a credit"),
-            Assert(~(self.credit & ~self.send) | (count != self._depth),
-                   "more credits returned than flits sent"),
+            # At full count nothing is outstanding, so no credit may come back, even in a
+            # cycle that also sends.
+            Assert(~self.credit | (count != self._depth), "more credits returned than flits sent"),
         ]
         return m
