@@ -4,6 +4,8 @@ from amaranth.hdl import Assert, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .flit import check_depth
+
 
 __all__ = ["CreditCounter"]
 
@@ -35,8 +37,7 @@ class CreditCounter(wiring.Component):
     """
 
     def __init__(self, depth):
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"Credit counter depth must be a positive integer, not {depth!r}")
+        check_depth(depth, "Credit counter depth")
         self._depth = depth
         super().__init__({
             "send": In(1),

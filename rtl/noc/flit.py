@@ -17,7 +17,7 @@ from amaranth.utils import bits_for
 
 
 __all__ = ["Port", "PORTS", "FlitFormat", "Link", "LENGTH_BITS", "KIND_BITS", "DIRECTIONS",
-           "endpoint_port"]
+           "endpoint_port", "check_format", "check_depth", "check_tile"]
 
 
 class Port(enum.Enum, shape=3):
@@ -192,3 +192,23 @@ def endpoint_port(fmt, field, what):
     raise ValueError(f"{what} must be the field coordinates of a tile or an edge endpoint of "
                      f"the {X}x{Y} mesh (x from 0 to {X + 1}, y from 0 to {Y + 1}, not a "
                      f"corner), not {field!r}")
+
+
+def check_format(fmt, what):
+    """Raise a TypeError naming ``what`` unless ``fmt`` is a :class:`FlitFormat`."""
+    if not isinstance(fmt, FlitFormat):
+        raise TypeError(f"{what} flit format must be a FlitFormat, not {fmt!r}")
+
+
+def check_depth(depth, what):
+    """Raise a ValueError naming ``what`` unless ``depth`` is a positive integer."""
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"{what} must be a positive integer, not {depth!r}")
+
+
+def check_tile(fmt, x, y, what):
+    """Raise a ValueError naming ``what`` unless ``(x, y)`` is a tile of ``fmt``'s mesh."""
+    for name, value, size in (("x", x, fmt.mesh_x), ("y", y, fmt.mesh_y)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
+            raise ValueError(f"{what} {name} must be an integer from 0 to {size - 1}, "
+                             f"not {value!r}")

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..fifo import StreamFIFO
 from ..stream_rules import assert_stream_rules
 from .credit import CreditCounter
-from .flit import FlitFormat, Link, LENGTH_BITS
+from .flit import LENGTH_BITS, Link, check_depth, check_format, check_tile
 
 
 __all__ = ["NetworkInterface"]
@@ -65,15 +65,9 @@ class NetworkInterface(wiring.Component):
     """
 
     def __init__(self, fmt, x, y, depth, *, multicast=False):
-        if not isinstance(fmt, FlitFormat):
-            raise TypeError(f"Network interface flit format must be a FlitFormat, not {fmt!r}")
-        for name, value, size in (("x", x, fmt.mesh_x), ("y", y, fmt.mesh_y)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
-                raise ValueError(f"Network interface {name} must be an integer from 0 to "
-                                 f"{size - 1}, not {value!r}")
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"Network interface buffer depth must be a positive integer, "
-                             f"not {depth!r}")
+        check_format(fmt, "Network interface")
+        check_tile(fmt, x, y, "Network interface")
+        check_depth(depth, "Network interface buffer depth")
         self._fmt, self._x, self._y, self._depth = fmt, x, y, depth
         self._multicast = bool(multicast)
         super().__init__({

@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .flit import FlitFormat, Link, Port, endpoint_port
+from .flit import FlitFormat, Link, Port, check_depth, check_format, endpoint_port
 from .router import Router
 
 
@@ -49,10 +49,8 @@ class Mesh(wiring.Component):
     """
 
     def __init__(self, fmt, depth, *, multicast_source=(1, 1)):
-        if not isinstance(fmt, FlitFormat):
-            raise TypeError(f"Mesh flit format must be a FlitFormat, not {fmt!r}")
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"Mesh buffer depth must be a positive integer, not {depth!r}")
+        check_format(fmt, "Mesh")
+        check_depth(depth, "Mesh buffer depth")
         self._fmt, self._depth = fmt, depth
         self._multicast_at = endpoint_port(fmt, multicast_source, "Mesh multicast source")
         self._multicast_source = None if multicast_source is None else tuple(multicast_source)

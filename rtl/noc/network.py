@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .flit import DIRECTIONS, FlitFormat, Link, Port, endpoint_port
+from .flit import DIRECTIONS, FlitFormat, Link, Port, check_depth, check_format, endpoint_port
 from .interface import NetworkInterface
 from .mesh import Mesh
 
@@ -39,10 +39,8 @@ class Network(wiring.Component):
     """
 
     def __init__(self, fmt, depth, *, multicast_source=(1, 1)):
-        if not isinstance(fmt, FlitFormat):
-            raise TypeError(f"Network flit format must be a FlitFormat, not {fmt!r}")
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"Network buffer depth must be a positive integer, not {depth!r}")
+        check_format(fmt, "Network")
+        check_depth(depth, "Network buffer depth")
         self._fmt, self._depth = fmt, depth
         endpoint_port(fmt, multicast_source, "Network multicast source")
         self._multicast_source = None if multicast_source is None else tuple(multicast_source)

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..arbiter import RoundRobinArbiter
 from .credit import CreditCounter
-from .flit import PORTS, FlitFormat, Link, Port
+from .flit import PORTS, Link, Port, check_depth, check_format, check_tile
 from .routing import route
 
 
@@ -139,14 +139,9 @@ class Router(wiring.Component):
     """
 
     def __init__(self, fmt, x, y, depth, *, multicast_ports=()):
-        if not isinstance(fmt, FlitFormat):
-            raise TypeError(f"Router flit format must be a FlitFormat, not {fmt!r}")
-        for name, value, size in (("x", x, fmt.mesh_x), ("y", y, fmt.mesh_y)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
-                raise ValueError(f"Router {name} must be an integer from 0 to {size - 1}, "
-                                 f"not {value!r}")
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"Router buffer depth must be a positive integer, not {depth!r}")
+        check_format(fmt, "Router")
+        check_tile(fmt, x, y, "Router")
+        check_depth(depth, "Router buffer depth")
         self._fmt, self._x, self._y, self._depth = fmt, x, y, depth
         injection = [p for p in PORTS if self._is_edge(p)]
         try:
