@@ -48,13 +48,12 @@ from collections import deque
 
 import cocotb
 import pytest
-from amaranth.hdl import Shape
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cocotb_tests import harness
 from cocotb_tests.streams import Watchdog, make_rng, start_clock_and_reset
 from rtl.noc.flit import DIRECTIONS, FlitFormat, Port
-from sim.noc import edge_field, encode_header, flit_value, tile_field
+from sim.noc import edge_field, encode_header, flit_value, header_fields, tile_field
 
 
 WATCHDOG_CYCLES = 1024
@@ -70,12 +69,6 @@ MULTICAST_TILE = (0, 0)
 
 
 # ---- packets and their receivers ----------------------------------------------------------------
-
-def header_offsets(fmt):
-    """``{field: (offset, width)}`` of the header layout."""
-    return {name: (fmt.header[name].offset, Shape.cast(fmt.header[name].shape).width)
-            for name, _ in fmt.header}
-
 
 def describe_header(offsets, value):
     return ", ".join(f"{name}={(value >> offset) & ((1 << width) - 1)}"
@@ -188,7 +181,7 @@ class Scoreboard:
 
     def __init__(self, mesh):
         self.mesh = mesh
-        self.offsets = header_offsets(mesh.fmt)
+        self.offsets = header_fields(mesh.fmt)
         self.code = WordCode(mesh.fmt.flit_width)
         self.queues = {}
         self.expected = self.delivered = 0

@@ -14,7 +14,8 @@ from rtl.noc.flit import DIRECTIONS, PORTS, Port
 from rtl.noc.routing import route
 
 
-__all__ = ["injection_points", "Packet", "encode_header", "decode_header", "packet_flits", "flit_value",
+__all__ = ["injection_points", "header_fields", "Packet", "encode_header", "decode_header",
+           "packet_flits", "flit_value",
            "decode_flit", "tile_field", "edge_field", "destinations", "deliveries",
            "channel_dependency_graph", "find_cycle", "NEIGHBOUR"]
 
@@ -57,7 +58,7 @@ def edge_field(fmt, port, index):
 
 def encode_header(fmt, fields):
     value = 0
-    for name, (offset, width) in _offsets(fmt).items():
+    for name, (offset, width) in header_fields(fmt).items():
         field = int(fields.get(name, 0))
         if not 0 <= field < (1 << width):
             raise ValueError(f"Header field {name} must fit {width} bits, not {field}")
@@ -67,10 +68,11 @@ def encode_header(fmt, fields):
 
 def decode_header(fmt, value):
     return {name: (value >> offset) & ((1 << width) - 1)
-            for name, (offset, width) in _offsets(fmt).items()}
+            for name, (offset, width) in header_fields(fmt).items()}
 
 
-def _offsets(fmt):
+def header_fields(fmt):
+    """``{field: (offset, width)}`` of the head flit's header layout."""
     return {name: (fmt.header[name].offset, Shape.cast(fmt.header[name].shape).width)
             for name, _ in fmt.header}
 
