@@ -8,7 +8,8 @@ from .noc.flit import FlitFormat
 from .noc.interface import NetworkInterface
 from .noc.mesh import Mesh
 from .noc.router import Router
-from .fp import FP16ToFP32, FP32ToFP16, FP32ToInt, FPAdd, FPCompare, FPDiv, FPMul, Int32ToFP32
+from .fp import (FP16ToFP32, FP32ToFP16, FP32ToInt, FPAdd, FPCompare, FPDiv, FPExp, FPMul,
+                 FPReciprocal, Int32ToFP32)
 from .tiles.dequant import Dequantizer
 from .tiles.mac_array import MACArray
 from .tiles.quantizer import Q8_0Quantizer
@@ -53,6 +54,9 @@ BLOCKS = {
     "int32_to_fp32": (lambda c: Int32ToFP32(), "int32 to binary32 conversion, round to nearest even"),
     "fp_div": (lambda c: FPDiv(), "binary32 divider, iterative, round to nearest even"),
     "fp32_to_int": (lambda c: FP32ToInt(), "binary32 to int32, rounding half away or half even, saturating"),
+    "fp_exp": (lambda c: FPExp(), "binary32 e^x, pipelined, bit-exact with sim/vector_math.py"),
+    "fp_reciprocal": (lambda c: FPReciprocal(),
+                      "binary32 1/x or 1/sqrt(x), chosen per operand, pipelined"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Golden model of the vector unit's special functions (rtl/vector/): exp, reciprocal and
+"""Golden model of the vector unit's special functions (rtl/fp/exp.py, rtl/fp/recip.py): exp, reciprocal and
 reciprocal square root as fixed sequences of binary32 operations and exponent manipulation
 (SPEC §2, docs/vector.md).
 
@@ -8,7 +8,7 @@ the same order on the units of ``rtl/fp/``, agrees on every bit. The sequences a
 from the mathematics, separately from the RTL; the tests compare the two.
 
 The error of each function against float64 is measured by ``tessera bench vector`` and
-``tests/test_vector_math.py`` and stated in docs/vector.md.
+``tests/test_vector.py`` and stated in docs/vector.md.
 
 All functions take and return raw binary32 bits (uint32 arrays).
 """
@@ -128,8 +128,9 @@ def recip(x):
     then two Newton steps y ← y + y·(1 − x·y).
 
     Special cases, decided from the operand's fields: ±0 and subnormals give ±∞ (1/x of a
-    subnormal x is above 2^126; the choice is documented); |x| ≥ 2^126 gives ±0 (its
-    reciprocal would be subnormal); ±∞ gives ±0; NaN gives the canonical NaN.
+    subnormal x is above 2^126; the choice is documented); |x| ≥ 2^126 gives ±0 (the
+    reciprocal is subnormal, or at exactly 2^126 the smallest normal, 2^-126); ±∞ gives ±0;
+    NaN gives the canonical NaN.
     """
     x = _u32(x)
     sign, exponent, fraction = _fields(x)

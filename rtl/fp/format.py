@@ -1,8 +1,9 @@
 """What the binary32 units share: the IEEE-754 layouts, the pipeline control, leading-zero count,
 and round-to-nearest-even packing (docs/fp.md)."""
 
-from amaranth.hdl import Cat, Const, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value
 from amaranth.lib import data
+from amaranth.lib.memory import Memory
 
 
 __all__ = ["FLOAT32", "FLOAT16", "OPERANDS", "CANONICAL_NAN32", "CANONICAL_NAN16",
@@ -50,6 +51,7 @@ class Pipeline:
             m.d.sync += self.valid.eq(Cat(i.valid, self.valid[:-1]))
         self.m = m
         self._prefix = ""
+        self._rings = {}
 
     def stage(self, value, name, shape=None):
         """A register of ``value`` (of ``shape``, default the value's) loaded when the pipeline
@@ -67,6 +69,52 @@ class Pipeline:
         for k in range(stages):
             value = self.stage(value, f"{name}_d{k + 1}", shape=shape)
         return value
+
+    def delay_memory(self, value, stages, name, shape=None, attrs=None):
+        """``value`` after ``stages`` stages, exactly as :meth:`delay`, but held in a memory: a
+        long bypass (a value waiting beside a chain of arithmetic) then costs RAM rather than a
+        flip-flop per bit and stage.
+
+        The memory is a ring of ``stages − 2`` words, written and read at the same address,
+        which advances with the pipeline: its read port, synchronous, not transparent and
+        enabled with the pipeline, returns the word written ``stages − 2`` moves earlier, one
+        move later. One more register after it keeps the memory's clock-to-output delay off
+        the path into the consumer (ECP5 block RAM's read is not registered at its output).
+        Below 4 stages it is :meth:`delay` itself. ``attrs`` are the memory's attributes (for
+        example :func:`~rtl.dsp.lut_ram`); rings of one depth share their address counter.
+        """
+        if stages < 4:
+            return self.delay(value, stages, name, shape=shape)
+        if shape is None:
+            shape = value.shape() if hasattr(value, "shape") else Value.cast(value).shape()
+        width = Shape.cast(shape).width
+        depth = stages - 2
+        memory = Memory(shape=width, depth=depth, init=[], attrs=attrs)
+        self.m.submodules[f"{self._prefix}{name}_ring"] = memory
+        write = memory.write_port()
+        # Not transparent: the word at the address is read before this move overwrites it.
+        read = memory.read_port(transparent_for=())
+        address = self._ring_address(depth)
+        self.m.d.comb += [
+            write.addr.eq(address),
+            write.data.eq(Value.cast(value)),
+            write.en.eq(self.advance),
+            read.addr.eq(address),
+            read.en.eq(self.advance),
+        ]
+        return self.stage(read.data, f"{name}_d{stages}", shape=shape)
+
+    def _ring_address(self, depth):
+        """The address counter of the rings of ``depth`` words (0, 1, …, depth − 1, 0, …),
+        moving with the pipeline."""
+        if depth not in self._rings:
+            # Any start value works (the valid bits say when the words mean something), but a
+            # reset keeps it inside the ring when depth is not a power of two.
+            address = Signal(range(depth), name=f"ring{depth}_address")
+            with self.m.If(self.advance):
+                self.m.d.sync += address.eq(Mux(address == depth - 1, 0, address + 1))
+            self._rings[depth] = address
+        return self._rings[depth]
 
     def scope(self, prefix):
         """Context in which :meth:`stage` prefixes register names, so that the stages of one
