@@ -92,6 +92,9 @@ def random_program(nrng, recorder):
         V.rmsnorm(recorder, f32(n, 2), f32(n), 1e-5)
         V.layernorm(recorder, f32(n, 2) + 1, f32(n), f32(n), 1e-5)
         V.softmax(recorder, f32(n, 4), 0.125, int(nrng.integers(1, n + 1)))
+        # Rows of different lengths' worth of masking, overlapped as the compiler orders them.
+        V.softmax_rows(recorder, f32(3 * n, 4).reshape(3, n), 0.25,
+                       limits=[int(v) for v in nrng.integers(1, n + 1, 3)])
         V.silu(recorder, f32(n, 4))
         V.swiglu(recorder, f32(n, 4), f32(n))
         V.gelu(recorder, f32(n, 3))
@@ -121,10 +124,10 @@ def real_program(recorder):
         V.rope(recorder, d["q"][t, head], table)
         V.rope(recorder, d["k"][t, head], table)
     scale = 1.0 / np.sqrt(d["head_dim"])
-    for head in range(3):
-        row = np.zeros(8, dtype=np.float32)
-        row[:5] = d["scores"][head, t]
-        V.softmax(recorder, row, scale, limit=5)
+    rows = np.zeros((3, 8), dtype=np.float32)
+    rows[:, :5] = d["scores"][:3, t]
+    V.softmax_rows(recorder, rows, scale, limits=[5, 5, 5])
+    V.softmax(recorder, rows[0], scale, limit=5)
     V.add(recorder, d["embeddings"][t], d["attention"][t])
     V.rmsnorm(recorder, d["residual"][t], d["ffn_norm"], d["epsilon"])
     V.swiglu(recorder, d["gate"][t], d["up"][t])
@@ -291,7 +294,7 @@ def layer_program(context=128):
                                                                 np.tile(table, d["k"].shape[1])))
     scores = (rng.standard_normal((heads, context)) * 8).astype(np.float32)
     part(f"softmax ({heads} heads × {context})",
-         lambda r: [V.softmax(r, row, 1 / np.sqrt(dim)) for row in scores])
+         lambda r: V.softmax_rows(r, scores, 1 / np.sqrt(dim)))
     part("residual add", lambda r: V.add(r, d["embeddings"][t], d["attention"][t]))
     part("RMSNorm (FFN)", lambda r: V.rmsnorm(r, d["residual"][t], d["ffn_norm"],
                                                d["epsilon"]))

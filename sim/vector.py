@@ -61,7 +61,7 @@ from . import fp32, vector_math
 
 
 __all__ = ["Op", "Command", "SUM_LANES", "VectorModel", "Recorder", "tree_sum", "add", "mul",
-           "rmsnorm", "layernorm", "softmax", "silu", "swiglu", "gelu", "rope", "rope_table",
+           "rmsnorm", "layernorm", "softmax", "softmax_rows", "silu", "swiglu", "gelu", "rope", "rope_table",
            "GELU_G0", "GELU_G1"]
 
 
@@ -289,6 +289,28 @@ def softmax(unit, x, scale=1.0, limit=None):
     unit.run(Command(Op.MAX, n, k1=_k(scale), limit=limit), _f32(x))
     e = unit.run(Command(Op.EXP, n, k1=_k(scale), limit=limit), _f32(x))
     return _out(unit.run(Command(Op.SCALE, n), e))
+
+
+def softmax_rows(unit, rows, scale=1.0, limits=None):
+    """softmax of each row (a 2-D array), ordered so that the unit overlaps them: row r + 1's
+    MAX pass runs while row r's sum is still being reduced, before row r's SCALE pass
+    (MAX_0, EXP_0, MAX_1, SCALE_0, EXP_1, MAX_2, SCALE_1, …). Executed in order, this is the
+    same as one :func:`softmax` per row."""
+    rows = np.asarray(rows, dtype=np.float32)
+    count, n = rows.shape
+    limits = [n] * count if limits is None else list(limits)
+    k1 = _k(scale)
+    e = [None] * count
+    out = np.empty_like(rows)
+    unit.run(Command(Op.MAX, n, k1=k1, limit=limits[0]), _f32(rows[0]))
+    e[0] = unit.run(Command(Op.EXP, n, k1=k1, limit=limits[0]), _f32(rows[0]))
+    for r in range(1, count + 1):
+        if r < count:
+            unit.run(Command(Op.MAX, n, k1=k1, limit=limits[r]), _f32(rows[r]))
+        out[r - 1] = _out(unit.run(Command(Op.SCALE, n), e[r - 1]))
+        if r < count:
+            e[r] = unit.run(Command(Op.EXP, n, k1=k1, limit=limits[r]), _f32(rows[r]))
+    return out
 
 
 def silu(unit, x):

@@ -117,6 +117,16 @@ def test_softmax_with_causal_mask_on_real_scores(layer0):
             assert np.all(y[t + 1:].view(np.uint32) == 0)
 
 
+def test_softmax_rows_in_overlapped_order_equal_one_softmax_per_row(layer0):
+    scores = layer0["scores"][:, 4]
+    limits = [5, 3, 1, 4, 5, 2, 5, 5, 1]
+    model = V.VectorModel()
+    rows = V.softmax_rows(model, scores, 0.125, limits)
+    for row, limit, got in zip(scores, limits, rows):
+        assert np.array_equal(V.softmax(V.VectorModel(), row, 0.125, limit).view(np.uint32),
+                              got.view(np.uint32))
+
+
 def test_rope_rotates_adjacent_pairs_as_llama_cpp_does_for_llama(layer0):
     from gguf import GGUFReader
     from sim.smollm2 import gguf_path

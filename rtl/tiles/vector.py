@@ -114,10 +114,19 @@ def _writes(op):
     return ~((op == Op.MEAN) | (op == Op.VAR) | (op == Op.RMS) | (op == Op.MAX))
 
 
-def _reads_registers(op):
-    # Commands that read MEAN, SCALE or MAX, or fold into one, wait for a pending reduction.
-    return ((op == Op.NORM) | (op == Op.SCALE) | (op == Op.MEAN) | (op == Op.VAR)
-            | (op == Op.RMS) | (op == Op.MAX) | (op == Op.EXP))
+def _summed(op):
+    return (op == Op.MEAN) | (op == Op.VAR) | (op == Op.RMS) | (op == Op.EXP)
+
+
+def _waits_for_sum(op):
+    # Reads MEAN or SCALE, or needs the partial sums: waits for the sum reduction before it.
+    return (op == Op.NORM) | (op == Op.SCALE) | _summed(op)
+
+
+def _waits_for_max(op):
+    # Reads MAX or folds into it: waits for the maximum before it. A MAX pass may run while a
+    # sum is still being reduced, so softmax rows overlap (sim.vector.softmax_rows).
+    return (op == Op.MAX) | (op == Op.EXP)
 
 
 def _delay(p, value, stages, name):
@@ -208,7 +217,8 @@ class VectorUnit(wiring.Component):
         mean = Signal(32)
         scale = Signal(32, init=_ONE)
         maximum = Signal(32, init=_NEG_INF)
-        pending = Signal()      # a reduction has not written its register yet
+        pending_sum = Signal()  # a sum reduction has not written its register yet
+        pending_max = Signal()  # a MAX pass has not finished
         nonfinite = Signal()
 
         # ---- The element pipeline --------------------------------------------------------
@@ -369,13 +379,12 @@ class VectorUnit(wiring.Component):
         red_k2 = Signal(FLOAT32)
         fin_ready = Signal()        # the sum waits to enter the pipeline
         fin_sent = Signal()
+        with m.If(taken & is_element & out_side.last & (out_side.op == Op.MAX)):
+            m.d.sync += [pending_max.eq(0), max_done.eq(1)]
         with m.FSM(name="reduction"):
             with m.State("IDLE"):
-                with m.If(taken & is_element & out_side.last):
-                    with m.If(out_side.op == Op.MAX):
-                        m.d.sync += [pending.eq(0), max_done.eq(1)]
-                    with m.Elif(summed):
-                        m.next = "DRAIN"
+                with m.If(taken & summed & out_side.last):
+                    m.next = "DRAIN"
             with m.State("DRAIN"):
                 with m.If(~adder_busy & ~(taken & summed)):
                     m.d.sync += [combine_size.eq(SUM_LANES), combine_index.eq(0)]
@@ -395,7 +404,7 @@ class VectorUnit(wiring.Component):
                     m.next = "COMBINE"
             with m.State("FIN"):
                 with m.If(taken & (out_side.kind != _ELEMENT)):
-                    m.d.sync += [pending.eq(0), lane.eq(0), fin_sent.eq(0)]
+                    m.d.sync += [pending_sum.eq(0), lane.eq(0), fin_sent.eq(0)]
                     m.d.sync += [partials[j].eq(_NEG_ZERO) for j in range(SUM_LANES)]
                     with m.Switch(out_side.kind):
                         with m.Case(_FIN_MEAN):
@@ -464,7 +473,8 @@ class VectorUnit(wiring.Component):
                        | ((new.op == Op.ROPE) & new.length[0])
                        | (new.quantize & ((new.length % BLOCK != 0) | ~_writes(new.op)))
                        | ~((new.op.as_value() <= Op.ROPE.value)))
-                wait = _reads_registers(new.op) & (pending | fin_ready | fin_sent)
+                wait = ((_waits_for_sum(new.op) & pending_sum)
+                        | (_waits_for_max(new.op) & pending_max))
                 m.d.comb += self.i_cmd.ready.eq(~wait)
                 with m.If(self.i_cmd.valid & ~wait):
                     m.d.sync += [cmd.eq(new), index.eq(0), rope_phase.eq(0), second.eq(0)]
@@ -473,12 +483,11 @@ class VectorUnit(wiring.Component):
                         with m.If(new.length != 0):
                             m.next = "DROP"
                     with m.Else():
-                        with m.If(_reads_registers(new.op) & ~_writes(new.op)
-                                  | (new.op == Op.EXP)):
-                            m.d.sync += [pending.eq(1), red_op.eq(new.op), red_k1.eq(new.k1),
-                                         red_k2.eq(new.k2)]
-                            with m.If(new.op == Op.MAX):
-                                m.d.sync += maximum.eq(_NEG_INF)
+                        with m.If(_summed(new.op)):
+                            m.d.sync += [pending_sum.eq(1), red_op.eq(new.op),
+                                         red_k1.eq(new.k1), red_k2.eq(new.k2)]
+                        with m.If(new.op == Op.MAX):
+                            m.d.sync += [pending_max.eq(1), maximum.eq(_NEG_INF)]
                         m.next = "RUN"
             with m.State("DROP"):
                 m.d.comb += take.eq(operands)
@@ -555,7 +564,7 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += [
             self.errors.nonfinite.eq(nonfinite),
-            self.busy.eq(chain_o.valid | p.valid.any() | pending | fin_ready | fin_sent
+            self.busy.eq(chain_o.valid | p.valid.any() | pending_sum | pending_max
                          | ~self.i_cmd.ready),
         ]
         with m.If(self.clear):
