@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The vector unit's golden model (sim/vector.py, sim/vector_math.py) against float64, and the
 unit's parameter checks. The RTL against the golden model: cocotb_tests/test_vector.py."""
 
