@@ -3,6 +3,8 @@ layer-0 operands, bit-exact against the golden model (sim/vector.py), with rando
 command, both operand streams and the output; rejected commands and non-finite values.
 """
 
+from types import SimpleNamespace
+
 import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
@@ -101,6 +103,16 @@ def random_program(nrng, recorder):
         pairs = int(nrng.integers(1, 40))
         V.rope(recorder, f32(2 * pairs, 2), V.rope_table(int(nrng.integers(0, 100)), 2 * pairs,
                                                           10000.0))
+    # limit is softmax's causal mask: every other pass ignores it.
+    n = int(nrng.integers(2, 60))
+    x, y = f32(n, 2), f32(n)
+    for op in (V.Op.ADD, V.Op.MUL, V.Op.SILU, V.Op.GELU):
+        recorder.run(V.Command(op, n, limit=int(nrng.integers(0, n))), x.view(np.uint32),
+                     y.view(np.uint32) if op in (V.Op.ADD, V.Op.MUL) else None)
+    recorder.run(V.Command(V.Op.MEAN, n, k1=1.0 / n, limit=0), x.view(np.uint32))
+    recorder.run(V.Command(V.Op.VAR, n, k1=1.0 / n, k2=1e-5, limit=1), x.view(np.uint32))
+    recorder.run(V.Command(V.Op.NORM, n, limit=0), x.view(np.uint32), y.view(np.uint32))
+    recorder.run(V.Command(V.Op.GELU, n, gated=True), x.view(np.uint32), y.view(np.uint32))
     # Results into the Q8_0 quantizer: SwiGLU and a residual add, as before a matmul.
     n = 32 * int(nrng.integers(1, 4))
     recorder.run(V.Command(V.Op.SILU, n, gated=True, quantize=True), f32(n, 4).view(np.uint32),
@@ -177,28 +189,49 @@ async def programs(dut):
     assert not (model.command_error or model.nonfinite)
     await expect_errors(dut, "SmolLM2 layer 0", 0, 0, offsets["errors"])
 
-    # Rejected commands between good ones: their operands are dropped, nothing is written,
-    # and the commands around them are unaffected.
-    recorder = V.Recorder(model)
+    # Each kind of rejected command between good ones, on its own so that each must set the
+    # flag: its operands are dropped, nothing is written, the commands around it are unaffected.
     x = nrng.standard_normal(32).astype(np.float32)
-    V.add(recorder, x, x)
-    recorder.run(V.Command(V.Op.ADD, 0), np.zeros(0, np.uint32), np.zeros(0, np.uint32))
-    V.silu(recorder, x)
     big = MAX_LENGTH + 1
-    recorder.run(V.Command(V.Op.MUL, big), nrng.integers(0, 1 << 32, big, dtype=np.uint32),
-                 nrng.integers(0, 1 << 32, big, dtype=np.uint32))
-    recorder.run(V.Command(V.Op.ROPE, 7), x[:7].view(np.uint32), x[:7].view(np.uint32))
-    recorder.run(V.Command(V.Op.ADD, 31, quantize=True), x[:31].view(np.uint32),
-                 x[:31].view(np.uint32))
-    recorder.run(V.Command(V.Op.RMS, 32, quantize=True), x.view(np.uint32))
-    V.rmsnorm(recorder, x, x, 1e-5)
+    noise = lambda n: nrng.integers(0, 1 << 32, n, dtype=np.uint32)  # noqa: E731
+    rejected = [
+        ("length 0", V.Command(V.Op.ADD, 0), noise(0), noise(0)),
+        ("above max_length", V.Command(V.Op.MUL, big), noise(big), noise(big)),
+        ("odd RoPE", V.Command(V.Op.ROPE, 7), noise(7), noise(7)),
+        ("quantized length not a multiple of 32", V.Command(V.Op.ADD, 31, quantize=True),
+         noise(31), noise(31)),
+        ("quantize on a reduction", V.Command(V.Op.RMS, 32, quantize=True), noise(32), None),
+        ("gated SILU above max_length", V.Command(V.Op.SILU, big, gated=True), noise(big),
+         noise(big)),
+        ("unknown op", SimpleNamespace(op=13, length=40, limit=40, gated=False, quantize=False,
+                                       k1=0, k2=0, reads_b=False), noise(40), None),
+    ]
+    for label, command, a, b in rejected:
+        recorder = V.Recorder(model)
+        V.add(recorder, x, x)
+        if isinstance(command, V.Command):
+            recorder.run(command, a, b)
+        else:   # not expressible in the model: drains length elements of a
+            recorder.commands.append((command, a, b, np.zeros(0, np.uint32)))
+            model.command_error = True
+        V.rmsnorm(recorder, x, x, 1e-5)
+        await run_program(dut, rng, recorder.commands, offsets, idle=0.3, stall=0.3,
+                          label=f"rejected: {label}")
+        assert model.command_error and not model.nonfinite
+        await expect_errors(dut, f"rejected: {label}", 1, 0, offsets["errors"])
+        await clear(dut)
+        model.command_error = False
+        await expect_errors(dut, f"after clear ({label})", 0, 0, offsets["errors"])
+
+    # A non-finite register alone: rsqrt(0) of a zero vector with ε = 0 makes SCALE = +∞.
+    recorder = V.Recorder(model)
+    recorder.run(V.Command(V.Op.RMS, 32, k1=1 / 32), np.zeros(32, np.uint32))
     await run_program(dut, rng, recorder.commands, offsets, idle=0.3, stall=0.3,
-                      label="rejected commands")
-    assert model.command_error and not model.nonfinite
-    await expect_errors(dut, "rejected commands", 1, 0, offsets["errors"])
+                      label="non-finite register")
+    assert model.nonfinite
+    await expect_errors(dut, "non-finite register", 0, 1, offsets["errors"])
     await clear(dut)
-    model.command_error = False
-    await expect_errors(dut, "after clear", 0, 0, offsets["errors"])
+    model.nonfinite = False
 
     # Non-finite operands propagate by IEEE rules and set the flag.
     recorder = V.Recorder(model)
@@ -218,6 +251,8 @@ async def programs(dut):
     recorder = V.Recorder(model)
     V.silu(recorder, nrng.standard_normal(600).astype(np.float32))
     V.add(recorder, x, x)
+    V.softmax_rows(recorder, (nrng.standard_normal((4, 48)) * 5).astype(np.float32), 0.125,
+                   limits=[48, 7, 30, 1])
     await run_program(dut, rng, recorder.commands, offsets, idle=0.0, stall=0.0,
                       label="full rate")
     await expect_errors(dut, "full rate", 0, 0, offsets["errors"])

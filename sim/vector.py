@@ -27,8 +27,9 @@ ROPE     pairs (x0, x1) of a, (c, s) of b:
 ======== ======================================================= =========================
 
 ``k1`` and ``k2`` are binary32 scalars of the command (1/n and ε for the norms, the attention
-scale for softmax). Element ``i`` is *masked* when ``i ≥ limit`` (the causal mask of one row of
-attention scores; ``limit = length`` masks nothing). GELU is the tanh form written as
+scale for softmax). In MAX and EXP, element ``i`` is *masked* when ``i ≥ limit`` (the causal
+mask of one row of attention scores; ``limit = length`` masks nothing); the other passes ignore
+``limit``. GELU is the tanh form written as
 x·σ(2·√(2/π)·(x + 0.044715·x³)), so ``G1 = −2·√(2/π)·0.044715`` and ``G0 = 1/0.044715``.
 
 So the operators of a transformer layer are short programs (:func:`rmsnorm`, :func:`softmax`,
@@ -49,7 +50,8 @@ A writing command with ``quantize`` sends its results to the Q8_0 activation qua
 result sets the sticky ``nonfinite`` flag. A command with ``length`` 0, above the unit's
 maximum, odd for ROPE, or with ``quantize`` on a length that is not a multiple of 32 or on a
 pass that writes nothing, is rejected: it sets the sticky ``command`` flag, its operand
-elements are consumed and dropped, and it writes nothing.
+elements are consumed and dropped, and it writes nothing. (The RTL also rejects the op codes
+12–15, which this model cannot express, draining ``length`` elements of ``a``.)
 """
 
 from dataclasses import dataclass

@@ -181,6 +181,14 @@ def test_bad_lengths_are_rejected_and_flagged():
     model = V.VectorModel(max_length=64)
     assert model.run(V.Command(V.Op.SILU, 0), x[:0]).size == 0
     assert model.command_error
+    for command, a, b in ((V.Command(V.Op.ADD, 33, quantize=True), x[:33], x[:33]),
+                          (V.Command(V.Op.RMS, 32, quantize=True), x[:32], None)):
+        model = V.VectorModel(max_length=64)
+        assert model.run(command, a, b).size == 0
+        assert model.command_error
+    model = V.VectorModel(max_length=64)
+    assert model.run(V.Command(V.Op.ADD, 32, quantize=True), x[:32], x[:32]).size == 32
+    assert not model.command_error
 
 
 def test_nonfinite_is_flagged():

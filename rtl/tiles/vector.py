@@ -302,6 +302,10 @@ class VectorUnit(wiring.Component):
             quantizer.i.payload.eq(masked_value),
             quantizer.clear.eq(self.clear),
         ]
+        # Elements in the quantizer (one output beat each), so that busy covers them.
+        in_quantizer = Signal(16)
+        m.d.sync += in_quantizer.eq(in_quantizer + (quantizer.i.valid & quantizer.i.ready)
+                                    - (self.o_q8.valid & self.o_q8.ready))
         taken = chain_o.valid & chain_o.ready
         with m.If(taken & writes & _nonfinite(masked_value)):
             m.d.sync += nonfinite.eq(1)
@@ -540,7 +544,9 @@ class VectorUnit(wiring.Component):
                         front_valid.eq(operands & front_free),
                         issue_el.x1.eq(a_value), issue_el.y1.eq(y1),
                         issue_el.w.eq(w_static),
-                        issue_el.side.masked.eq(index >= cmd.limit),
+                        # The causal mask is softmax's: the other passes ignore limit.
+                        issue_el.side.masked.eq(((op == Op.MAX) | (op == Op.EXP))
+                                                & (index >= cmd.limit)),
                         issue_el.side.last.eq(last),
                         take.eq(operands & front_free & chain_i.ready),
                     ]
@@ -564,7 +570,8 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += [
             self.errors.nonfinite.eq(nonfinite),
-            self.busy.eq(chain_o.valid | p.valid.any() | pending_sum | pending_max
+            self.busy.eq(chain_o.valid | p.valid.any() | pending_sum | pending_max | max_done
+                         | (in_quantizer != 0)
                          | ~self.i_cmd.ready),
         ]
         with m.If(self.clear):
