@@ -111,7 +111,7 @@ def operator_accuracy():
     # Where the tanh form cancels (x near −3 … −10) the result is tiny and its ulp is no
     # measure; those elements are counted by absolute error in the docs' text instead.
     keep = np.abs(tanh) >= 1e-3 * np.abs(g)
-    row("GELU (tanh)", "FFN gate, 5 tokens, |y| ≥ 10⁻³·|x|", [y[keep]], [tanh[keep]])
+    row("GELU (tanh)", "FFN gate, 5 tokens, \\|y\\| ≥ 10⁻³·\\|x\\|", [y[keep]], [tanh[keep]])
     q = d["q"].reshape(len(d["q"]), -1)
     results, references, scales = [], [], []
     for t in tokens:
@@ -129,7 +129,8 @@ def operator_accuracy():
         magnitude[:, 1::2] = np.abs(xd[:, 0::2]) * s + np.abs(xd[:, 1::2]) * c
         references.append(ref.reshape(-1))
         scales.append(magnitude.reshape(-1))
-    row("RoPE", "q, 9 heads, 5 positions; ulp of |x0·c| + |x1·s|", results, references, scales)
+    row("RoPE", "q, 9 heads, 5 positions; ulp of \\|x0·c\\| + \\|x1·s\\|", results, references,
+        scales)
     return rows
 
 
