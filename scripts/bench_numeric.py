@@ -127,13 +127,14 @@ def accuracy():
     return rows
 
 
-def synthesize_stages(config, progress=True):
+def synthesize_stages(config, progress=True, names=STAGES):
+    """(name, SynthResult) of each registry block in ``names`` on ECP5, with a progress bar."""
     from rtl.blocks import build_block
     from synth.flow import synthesize
     results = []
     with Progress(disable=not progress) as bar:
-        task = bar.add_task("synthesis", total=len(STAGES))
-        for name in STAGES:
+        task = bar.add_task("synthesis", total=len(names))
+        for name in names:
             results.append((name, synthesize(build_block(name, config), name=name,
                                              target="ecp5")))
             bar.advance(task)

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress
 
 from rtl.config import TesseraConfig
+from scripts.bench_numeric import synthesize_stages
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,10 +76,9 @@ def operator_accuracy():
         if scales is None:
             e = _ulps(y, reference)
         else:
+            from sim.vector_math import ulp
             scale = np.maximum(np.abs(reference), np.concatenate(scales))
-            ulp = 2.0 ** (np.maximum(np.floor(np.log2(np.maximum(scale, 2.0 ** -126))), -126)
-                          - 23)
-            e = np.abs(y.view(np.float32).astype(np.float64) - reference) / ulp
+            e = np.abs(y.view(np.float32).astype(np.float64) - reference) / ulp(scale)
         rows.append((label, data, y.size, e.max(), e.mean()))
 
     eps = d["epsilon"]
@@ -134,19 +133,6 @@ def operator_accuracy():
     return rows
 
 
-def synthesize_blocks(config, progress=True):
-    from rtl.blocks import build_block
-    from synth.flow import synthesize
-    results = []
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("synthesis", total=len(BLOCKS))
-        for name in BLOCKS:
-            results.append((name, synthesize(build_block(name, config), name=name,
-                                             target="ecp5")))
-            bar.advance(task)
-    return results
-
-
 def run(progress=True, synthesis=True):
     from rtl.tiles.vector import VectorUnit
     from synth.flow import fmax_text
@@ -155,7 +141,7 @@ def run(progress=True, synthesis=True):
     measured = cycles()
     functions = function_accuracy()
     operators = operator_accuracy()
-    areas = synthesize_blocks(config, progress) if synthesis else []
+    areas = synthesize_stages(config, progress, names=BLOCKS) if synthesis else []
     latency = VectorUnit.LATENCY
 
     lines = [

@@ -19,7 +19,7 @@ from . import fp32
 
 
 __all__ = ["EXP_COEFFICIENTS", "RECIP_SEEDS", "RSQRT_SEEDS", "exp", "recip", "rsqrt",
-           "ulp_error"]
+           "ulp", "ulp_error"]
 
 
 def _f(x):
@@ -177,13 +177,18 @@ def rsqrt(x):
     return np.where(nan, fp32.CANONICAL_NAN32, y).astype(np.uint32)
 
 
+def ulp(reference):
+    """The unit in the last place of binary32 at float64 values ``reference`` (2^-149 for a
+    subnormal)."""
+    magnitude = np.abs(np.asarray(reference, dtype=np.float64))
+    exponent = np.floor(np.log2(np.maximum(magnitude, 2.0 ** -126)))
+    return 2.0 ** (np.maximum(exponent, -126) - 23)
+
+
 def ulp_error(result, reference):
     """|result − reference| in units in the last place of binary32 at ``reference`` (float64
     values; the ulp of a subnormal is 2^-149)."""
     reference = np.asarray(reference, dtype=np.float64)
     value = fp32.floats(result).astype(np.float64)
-    magnitude = np.abs(reference)
-    exponent = np.floor(np.log2(np.maximum(magnitude, 2.0 ** -126)))
-    ulp = 2.0 ** (np.maximum(exponent, -126) - 23)
     with np.errstate(invalid="ignore"):
-        return np.abs(value - reference) / ulp
+        return np.abs(value - reference) / ulp(reference)

@@ -130,10 +130,15 @@ def _waits_for_max(op):
 
 
 def _delay(p, value, stages, name):
-    delay_memory = getattr(p, "delay_memory", None)
-    if delay_memory is not None and stages > 8:
-        return delay_memory(value, stages, name)
+    # Beyond a few stages a RAM ring costs less than a flip-flop per bit and stage.
+    if stages > 8:
+        return p.delay_memory(value, stages, name)
     return p.delay(value, stages, name)
+
+
+def _sigmoid(side):
+    # The elements of SILU and GELU (not a reduction's sum on its way to a register).
+    return ((side.op == Op.SILU) | (side.op == Op.GELU)) & (side.kind == _ELEMENT)
 
 
 class VectorUnit(wiring.Component):
@@ -233,8 +238,7 @@ class VectorUnit(wiring.Component):
         side = _delay(p, el.side, s1, "side_s2")
         w = _delay(p, el.w, s1, "w_s2")
         rope = _delay(p, Cat(el.rope, el.rope_minus), s1, "rope_s2")
-        u2v = u2.as_value() if hasattr(u2, "as_value") else u2
-        w2 = Mux(rope[0], Mux(rope[1], Cat(u2v[:31], ~u2v[31]), u2v), w)
+        w2 = Mux(rope[0], Mux(rope[1], _negate(u2), u2), w)
         v = fp_add(p, u, w2, "s2")
         side = _delay(p, side, FPAdd.LATENCY, "side_s3")
         side = data.View(_SIDE, side)
@@ -258,13 +262,11 @@ class VectorUnit(wiring.Component):
         side = data.View(_SIDE, _delay(p, side, FPExp.LATENCY, "side_s6"))
         ab = _delay(p, ab, FPExp.LATENCY, "ab_s6")
 
-        sigmoid = ((side.op == Op.SILU) | (side.op == Op.GELU)) & (side.kind == _ELEMENT)
-        d = fp_add(p, e, Mux(sigmoid, _ONE, _NEG_ZERO), "s6")
+        d = fp_add(p, e, Mux(_sigmoid(side), _ONE, _NEG_ZERO), "s6")
         side = data.View(_SIDE, _delay(p, side, FPAdd.LATENCY, "side_s7"))
         ab = _delay(p, ab, FPAdd.LATENCY, "ab_s7")
 
-        sigmoid = ((side.op == Op.SILU) | (side.op == Op.GELU)) & (side.kind == _ELEMENT)
-        use_recip = sigmoid | (side.kind == _FIN_RSQRT) | (side.kind == _FIN_RECIP)
+        use_recip = _sigmoid(side) | (side.kind == _FIN_RSQRT) | (side.kind == _FIN_RECIP)
         r_recip = fp_recip(p, platform, d, side.kind == _FIN_RSQRT, "s7")
         r_bypass = _delay(p, d, FPReciprocal.LATENCY, "d_bypass")
         use_recip = _delay(p, use_recip, FPReciprocal.LATENCY, "use_recip")
@@ -272,11 +274,10 @@ class VectorUnit(wiring.Component):
         side = data.View(_SIDE, _delay(p, side, FPReciprocal.LATENCY, "side_s8"))
         ab = _delay(p, ab, FPReciprocal.LATENCY, "ab_s8")
 
-        sigmoid = ((side.op == Op.SILU) | (side.op == Op.GELU)) & (side.kind == _ELEMENT)
-        y = fp_mul(p, platform, r, Mux(sigmoid, ab[:32], _ONE), "s8")
+        y = fp_mul(p, platform, r, Mux(_sigmoid(side), ab[:32], _ONE), "s8")
         side = data.View(_SIDE, _delay(p, side, FPMul.LATENCY, "side_s9"))
         ab = _delay(p, ab, FPMul.LATENCY, "ab_s9")
-        gate = ((side.op == Op.SILU) | (side.op == Op.GELU)) & side.gated & (side.kind == _ELEMENT)
+        gate = _sigmoid(side) & side.gated
         result = fp_mul(p, platform, y, Mux(gate, ab[32:], _ONE), "s9")
         side = _delay(p, side, FPMul.LATENCY, "side_out")
         m.d.comb += [chain_o.payload.value.eq(result), chain_o.payload.side.eq(side)]
@@ -323,8 +324,7 @@ class VectorUnit(wiring.Component):
         def partial(index):
             return Cat(*partials).word_select(index, 32)
 
-        summed = is_element & ((out_side.op == Op.MEAN) | (out_side.op == Op.VAR)
-                               | (out_side.op == Op.RMS) | (out_side.op == Op.EXP))
+        summed = is_element & _summed(out_side.op)
         combine = Signal()          # the tree combination is issuing
         combine_size = Signal(range(SUM_LANES + 1))
         combine_index = Signal(range(SUM_LANES))
