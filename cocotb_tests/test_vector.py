@@ -100,6 +100,7 @@ def random_program(nrng, recorder):
         V.silu(recorder, f32(n, 4))
         V.swiglu(recorder, f32(n, 4), f32(n))
         V.gelu(recorder, f32(n, 3))
+        V.gelu_erf(recorder, f32(n, 3))
         pairs = int(nrng.integers(1, 40))
         V.rope(recorder, f32(2 * pairs, 2), V.rope_table(int(nrng.integers(0, 100)), 2 * pairs,
                                                           10000.0))
@@ -113,6 +114,11 @@ def random_program(nrng, recorder):
     recorder.run(V.Command(V.Op.VAR, n, k1=1.0 / n, k2=1e-5, limit=1), x.view(np.uint32))
     recorder.run(V.Command(V.Op.NORM, n, limit=0), x.view(np.uint32), y.view(np.uint32))
     recorder.run(V.Command(V.Op.GELU, n, gated=True), x.view(np.uint32), y.view(np.uint32))
+    # The erf passes with other scalars than gelu_erf's, and ± signs in every operand.
+    for op in (V.Op.RECIP_ABS, V.Op.POLY, V.Op.GAUSS, V.Op.GELU_ERF):
+        k1, k2 = (float(v) for v in nrng.standard_normal(2) * 2)
+        recorder.run(V.Command(op, n, k1=k1, k2=k2), x.view(np.uint32),
+                     None if op == V.Op.RECIP_ABS else y.view(np.uint32))
     # Results into the Q8_0 quantizer: SwiGLU and a residual add, as before a matmul.
     n = 32 * int(nrng.integers(1, 4))
     recorder.run(V.Command(V.Op.SILU, n, gated=True, quantize=True), f32(n, 4).view(np.uint32),
@@ -122,6 +128,7 @@ def random_program(nrng, recorder):
     # Long enough to wrap the sum lanes many times; exp over its whole range.
     V.rmsnorm(recorder, f32(700, 0.3), f32(700), 1e-6)
     V.silu(recorder, nrng.uniform(-110, 95, 500).astype(np.float32))
+    V.gelu_erf(recorder, nrng.uniform(-16, 16, 300).astype(np.float32))
 
 
 def real_program(recorder):
@@ -203,7 +210,7 @@ async def programs(dut):
         ("quantize on a reduction", V.Command(V.Op.RMS, 32, quantize=True), noise(32), None),
         ("gated SILU above max_length", V.Command(V.Op.SILU, big, gated=True), noise(big),
          noise(big)),
-        ("unknown op", SimpleNamespace(op=13, length=40, limit=40, gated=False, quantize=False,
+        ("unknown op", SimpleNamespace(op=21, length=40, limit=40, gated=False, quantize=False,
                                        k1=0, k2=0, reads_b=False), noise(40), None),
     ]
     for label, command, a, b in rejected:
@@ -297,6 +304,7 @@ def throughput_programs(n=4096):
             ("SiLU", lambda r: V.silu(r, x)),
             ("SwiGLU (SILU gated)", lambda r: V.swiglu(r, x, y)),
             ("GELU (tanh)", lambda r: V.gelu(r, x)),
+            ("GELU (erf: RECIP_ABS, 5 POLY, GAUSS, MUL, GELU_ERF)", lambda r: V.gelu_erf(r, x)),
             ("RoPE", lambda r: V.rope(r, x, np.resize(V.rope_table(7, 64, 1e5), n)))):
         recorder = V.Recorder()
         build(recorder)

@@ -6,31 +6,39 @@ The unit executes one command at a time. A command is one *pass*: it reads ``len
 of operand stream ``a`` (and of ``b`` where the operation has a second operand) and either
 writes ``length`` results or folds them into one of the unit's scalar registers:
 
-======== ======================================================= =========================
-op       per element (every + and · one binary32 operation)      after the pass
-======== ======================================================= =========================
-ADD      o = a + b
-MUL      o = a · b
-NORM     o = ((a − MEAN) · SCALE) · b
-SCALE    o = a · SCALE
-MEAN     s = a (summed)                                          MEAN = Σ · k1
-VAR      s = (a − MEAN) · (a − MEAN) (summed)                    SCALE = rsqrt(Σ · k1 + k2)
-RMS      s = a · a (summed)                                      SCALE = rsqrt(Σ · k1 + k2),
-                                                                 MEAN = +0
-MAX      s = a · k1, −∞ where masked (maximum)                   MAX = max
-EXP      o = exp(a · k1 − MAX), +0 where masked (summed)         SCALE = recip(Σ)
-SILU     o = (recip(exp(−a) + 1) · a) [· b if gated]
-GELU     o = (recip(exp(z) + 1) · a) [· b if gated],
-         z = ((a · a + G0) · G1) · a
-ROPE     pairs (x0, x1) of a, (c, s) of b:
-         o0 = x0 · c − x1 · s,  o1 = x0 · s + x1 · c
-======== ======================================================= =========================
+========= ======================================================= =========================
+op        per element (every + and · one binary32 operation)      after the pass
+========= ======================================================= =========================
+ADD       o = a + b
+MUL       o = a · b
+NORM      o = ((a − MEAN) · SCALE) · b
+SCALE     o = a · SCALE
+MEAN      s = a (summed)                                          MEAN = Σ · k1
+VAR       s = (a − MEAN) · (a − MEAN) (summed)                    SCALE = rsqrt(Σ · k1 + k2)
+RMS       s = a · a (summed)                                      SCALE = rsqrt(Σ · k1 + k2),
+                                                                  MEAN = +0
+MAX       s = a · k1, −∞ where masked (maximum)                   MAX = max
+EXP       o = exp(a · k1 − MAX), +0 where masked (summed)         SCALE = recip(Σ)
+SILU      o = (recip(exp(−a) + 1) · a) [· b if gated]
+GELU      o = (recip(exp(z) + 1) · a) [· b if gated],
+          z = ((a · a + G0) · G1) · a
+ROPE      pairs (x0, x1) of a, (c, s) of b:
+          o0 = x0 · c − x1 · s,  o1 = x0 · s + x1 · c
+RECIP_ABS o = recip(|a| · k1 + k2)
+POLY      o = (a · b + k1) · b + k2
+GAUSS     o = exp((b · k1 + a · a) · k2)
+GELU_ERF  o = a · (b · k1) if a is negative (sign bit set),
+          o = a · (b · −k1 + 1) otherwise
+========= ======================================================= =========================
 
 ``k1`` and ``k2`` are binary32 scalars of the command (1/n and ε for the norms, the attention
 scale for softmax). In MAX and EXP, element ``i`` is *masked* when ``i ≥ limit`` (the causal
 mask of one row of attention scores; ``limit = length`` masks nothing); the other passes ignore
 ``limit``. GELU is the tanh form written as
 x·σ(2·√(2/π)·(x + 0.044715·x³)), so ``G1 = −2·√(2/π)·0.044715`` and ``G0 = 1/0.044715``.
+The last four passes are the steps of the erf form of GELU, x·Φ(x) = x·(1 − ½·erfc(x/√2)) for
+x ≥ 0 and x·½·erfc(|x|/√2) below: :func:`gelu_erf` runs RECIP_ABS, five POLY, GAUSS, a MUL
+and GELU_ERF, the erfc sequence of :mod:`sim.vector_math`.
 
 So the operators of a transformer layer are short programs (:func:`rmsnorm`, :func:`softmax`,
 …): RMSNorm is RMS then NORM; LayerNorm is MEAN, VAR, NORM and an ADD of the bias; softmax is
@@ -51,7 +59,7 @@ result sets the sticky ``nonfinite`` flag. A command with ``length`` 0, above th
 maximum, odd for ROPE, or with ``quantize`` on a length that is not a multiple of 32 or on a
 pass that writes nothing, is rejected: it sets the sticky ``command`` flag, its operand
 elements are consumed and dropped, and it writes nothing. (The RTL also rejects the op codes
-12–15, which this model cannot express, draining ``length`` elements of ``a``.)
+16–31, which this model cannot express, draining ``length`` elements of ``a``.)
 """
 
 from dataclasses import dataclass
@@ -63,8 +71,8 @@ from . import fp32, vector_math
 
 
 __all__ = ["Op", "Command", "SUM_LANES", "VectorModel", "Recorder", "tree_sum", "add", "mul",
-           "rmsnorm", "layernorm", "softmax", "softmax_rows", "silu", "swiglu", "gelu", "rope", "rope_table",
-           "GELU_G0", "GELU_G1"]
+           "rmsnorm", "layernorm", "softmax", "softmax_rows", "silu", "swiglu", "gelu", "gelu_erf",
+           "rope", "rope_table", "GELU_G0", "GELU_G1"]
 
 
 class Op(IntEnum):
@@ -80,12 +88,17 @@ class Op(IntEnum):
     SILU = 9
     GELU = 10
     ROPE = 11
+    RECIP_ABS = 12
+    POLY = 13
+    GAUSS = 14
+    GELU_ERF = 15
 
 
 #: Operations that read operand stream ``b`` (SILU and GELU only when gated).
-READS_B = {Op.ADD, Op.MUL, Op.NORM, Op.ROPE}
+READS_B = {Op.ADD, Op.MUL, Op.NORM, Op.ROPE, Op.POLY, Op.GAUSS, Op.GELU_ERF}
 #: Operations that write results (the others fold them into a register).
-WRITES = {Op.ADD, Op.MUL, Op.NORM, Op.SCALE, Op.EXP, Op.SILU, Op.GELU, Op.ROPE}
+WRITES = {Op.ADD, Op.MUL, Op.NORM, Op.SCALE, Op.EXP, Op.SILU, Op.GELU, Op.ROPE, Op.RECIP_ABS,
+          Op.POLY, Op.GAUSS, Op.GELU_ERF}
 
 #: Partial sums of a reduction.
 SUM_LANES = 16
@@ -237,6 +250,17 @@ class VectorModel:
             out = np.empty(n, dtype=np.uint32)
             out[0::2] = fp32.add(fp32.mul(x0, c), fp32.mul(x1, s) ^ _NEG)
             out[1::2] = fp32.add(fp32.mul(x0, s), fp32.mul(x1, c))
+        elif op == Op.RECIP_ABS:
+            out = vector_math.recip(fp32.add(fp32.mul(a & ~_NEG, k1), k2))
+        elif op == Op.POLY:
+            out = fp32.add(fp32.mul(fp32.add(fp32.mul(a, b), k1), b), k2)
+        elif op == Op.GAUSS:
+            out = vector_math.exp(fp32.mul(fp32.add(fp32.mul(b, k1), fp32.mul(a, a)), k2))
+        elif op == Op.GELU_ERF:
+            negative = (a & _NEG) != 0
+            phi = fp32.add(fp32.mul(b, np.where(negative, k1, k1 ^ _NEG)),
+                           np.where(negative, _NEG_ZERO, _ONE).astype(np.uint32))
+            out = fp32.mul(a, phi)
         if out is None:
             return np.zeros(0, dtype=np.uint32)
         out = np.asarray(out, dtype=np.uint32)
@@ -327,6 +351,23 @@ def swiglu(unit, gate, up):
 def gelu(unit, x):
     """GELU, tanh form."""
     return _out(unit.run(Command(Op.GELU, _f32(x).size), _f32(x)))
+
+
+def gelu_erf(unit, x):
+    """GELU, erf form (BERT's exact GELU): x·Φ(x) from erfc(|x|/√2) ≈ s · exp(−x²/2 + Q(s)) with
+    s = 1/(|x|/√2 + 2) (:mod:`sim.vector_math`), in nine passes: s; Q by five POLY passes of two
+    Horner steps; the exp; its product with s; and Φ from erfc by the sign of x."""
+    n = _f32(x).size
+    xb = _f32(x)
+    s = unit.run(Command(Op.RECIP_ABS, n, k1=vector_math.ERFC_SCALE,
+                         k2=vector_math.ERFC_OFFSET), xb)
+    p = s
+    m = vector_math.ERFC_M
+    for i in range(0, len(m), 2):
+        p = unit.run(Command(Op.POLY, n, k1=m[i], k2=m[i + 1]), p, s)
+    e = unit.run(Command(Op.GAUSS, n, k1=vector_math.ERFC_C, k2=_k(-0.5)), xb, p)
+    erfc = unit.run(Command(Op.MUL, n), e, s)
+    return _out(unit.run(Command(Op.GELU_ERF, n, k1=_k(0.5)), xb, erfc))
 
 
 def add(unit, x, y):

@@ -1,6 +1,6 @@
 """Golden model of the vector unit's special functions (rtl/fp/exp.py, rtl/fp/recip.py): exp, reciprocal and
 reciprocal square root as fixed sequences of binary32 operations and exponent manipulation
-(SPEC §2, docs/vector.md).
+(SPEC §2, docs/vector.md), and the constants of the erfc sequence of the erf-form GELU.
 
 Every ``+`` and ``·`` below is one binary32 operation rounded to nearest even, exactly as
 :mod:`sim.fp32` (NumPy float32) computes it, so the RTL, which performs the same operations in
@@ -13,13 +13,15 @@ The error of each function against float64 is measured by ``tessera bench vector
 All functions take and return raw binary32 bits (uint32 arrays).
 """
 
+import math
+
 import numpy as np
 
 from . import fp32
 
 
 __all__ = ["EXP_COEFFICIENTS", "RECIP_SEEDS", "RSQRT_SEEDS", "exp", "recip", "rsqrt",
-           "ulp", "ulp_error"]
+           "ulp", "ulp_error", "ERFC_SCALE", "ERFC_OFFSET", "ERFC_C", "ERFC_M", "fit_erfc"]
 
 
 def _f(x):
@@ -192,3 +194,52 @@ def ulp_error(result, reference):
     value = fp32.floats(result).astype(np.float64)
     with np.errstate(invalid="ignore"):
         return np.abs(value - reference) / ulp(reference)
+
+
+# ---- erfc for the erf form of GELU ------------------------------------------------------------
+#
+# erfc(y) for y = |x|/√2 ≥ 0 is written, with s = 1/(y + 2) = 1/(|x|·(1/√2) + 2) ∈ (0, ½], as
+#
+#     erfc(y) = s · exp(−y² + Q(s)),    Q(s) = c · M(s),
+#     M(s) = s¹¹ + m9·s⁹ + m8·s⁸ + … + m0      (no s¹⁰ term),
+#
+# the form of Numerical Recipes' erfcc (the factor s carries the 1/y decay of erfc·e^{y²}, so Q
+# is smooth). M is monic without an s¹⁰ term because the vector unit's POLY pass evaluates two
+# Horner steps p ← (p·s + k1)·s + k2 starting from p = s. So the sequence, each + and · one
+# binary32 operation (the vector unit's passes RECIP_ABS, POLY ×5, GAUSS, MUL; sim/vector.py's
+# gelu_erf), is
+#
+#     s = recip(|x| · ERFC_SCALE + ERFC_OFFSET)
+#     p = s;  p = (p·s + m9)·s + m8;  p = (p·s + m7)·s + m6;  …  p = (p·s + m1)·s + m0
+#     e = exp((p · ERFC_C + x·x) · −½)            ERFC_C = −2c
+#     erfc(|x|/√2) ≈ e · s
+
+
+def fit_erfc(points=4000, x_max=14.5):
+    """The constants of the erfc sequence above: a least-squares fit of Q on ``points``
+    Chebyshev nodes of s over |x| ≤ ``x_max`` (beyond it exp(−x²/2) underflows), in float64,
+    then rounded to binary32. Returns ``(c_bits, m_bits)``: the bits of ERFC_C and of m9 … m0."""
+    scale = float(fp32.floats(np.uint32(ERFC_SCALE)))
+    offset = float(fp32.floats(np.uint32(ERFC_OFFSET)))
+    slope = scale * math.sqrt(2.0)           # s = 1/(slope·y + offset)
+    low, high = 1.0 / (slope * x_max / math.sqrt(2.0) + offset), 1.0 / offset
+    s = (low + high) / 2 + (high - low) / 2 * np.cos(np.linspace(0.0, np.pi, points))
+    y = (1.0 / s - offset) / slope
+    target = np.array([math.log(math.erfc(v)) + v * v for v in y]) - np.log(s)
+    powers = [11] + list(range(9, -1, -1))
+    basis = np.stack([s ** k for k in powers], axis=1)
+    coefficients = np.linalg.lstsq(basis, target, rcond=None)[0]
+    c = coefficients[0]
+    c_bits = int(np.float32(-2.0 * c).view(np.uint32))
+    m_bits = tuple(int(np.float32(m / c).view(np.uint32)) for m in coefficients[1:])
+    return c_bits, m_bits
+
+
+#: s = recip(|x| · ERFC_SCALE + ERFC_OFFSET): 1/√2 and 2.
+ERFC_SCALE = 0x3F3504F3
+ERFC_OFFSET = 0x40000000
+#: −2c and m9 … m0 as binary32 bits, from :func:`fit_erfc` (tests/test_vector.py checks that the
+#: fit still gives them).
+ERFC_C = 0x42B73768
+ERFC_M = (0xC0CD4105, 0x413F282B, 0xC11EE9D2, 0x40892FB3, 0xBF80336C, 0x3E632A12, 0xBD15742E,
+          0xBCFF4BBF, 0xBD331DC7, 0x3C4CC0A4)

@@ -19,7 +19,7 @@ __all__ = ["VectorUnit", "Op", "COMMAND_LAYOUT", "OUTPUT_LAYOUT", "ERROR_LAYOUT"
            "MAX_LENGTH"]
 
 
-class Op(enum.Enum, shape=4):
+class Op(enum.Enum, shape=5):
     """The passes of the vector unit; ``sim/vector.py`` states what each computes."""
     ADD = 0
     MUL = 1
@@ -33,6 +33,10 @@ class Op(enum.Enum, shape=4):
     SILU = 9
     GELU = 10
     ROPE = 11
+    RECIP_ABS = 12
+    POLY = 13
+    GAUSS = 14
+    GELU_ERF = 15
 
 
 #: The largest ``length`` field (the ``max_length`` parameter may not exceed it).
@@ -50,7 +54,7 @@ COMMAND_LAYOUT = data.StructLayout({
 OUTPUT_LAYOUT = data.StructLayout({"value": FLOAT32, "last": 1})
 
 #: Sticky error flags: a rejected command (length 0 or above ``max_length``, odd for ROPE, not
-#: a multiple of 32 when quantized, ``quantize`` on a pass that writes nothing, unknown op); a
+#: a multiple of 32 when quantized, ``quantize`` on a pass that writes nothing, op 16–31); a
 #: non-finite operand, result or register value.
 ERROR_LAYOUT = data.StructLayout({"command": 1, "nonfinite": 1})
 
@@ -107,6 +111,7 @@ def _is_nan(x):
 
 def _reads_b(op, gated):
     return ((op == Op.ADD) | (op == Op.MUL) | (op == Op.NORM) | (op == Op.ROPE)
+            | (op == Op.POLY) | (op == Op.GAUSS) | (op == Op.GELU_ERF)
             | (((op == Op.SILU) | (op == Op.GELU)) & gated))
 
 
@@ -248,12 +253,16 @@ class VectorUnit(wiring.Component):
         stages = s1 + FPAdd.LATENCY + FPMul.LATENCY
         ab = _delay(p, Cat(el.a, el.b), stages, "ab_s4")
         side = data.View(_SIDE, _delay(p, side, FPMul.LATENCY, "side_s4"))
-        y4 = Mux(side.op == Op.NORM, ab[32:], Mux(side.op == Op.GELU, ab[:32], _ONE))
+        # ab holds k2 in place of a for POLY and GAUSS (S1 has already taken a).
+        y4 = Mux((side.op == Op.NORM) | (side.op == Op.POLY), ab[32:],
+                 Mux((side.op == Op.GELU) | (side.op == Op.GAUSS) | (side.op == Op.GELU_ERF),
+                     ab[:32], _ONE))
         z = fp_mul(p, platform, w3, y4, "s4")
         side = data.View(_SIDE, _delay(p, side, FPMul.LATENCY, "side_s5"))
         ab = _delay(p, ab, FPMul.LATENCY, "ab_s5")
 
-        special = (side.op == Op.EXP) | (side.op == Op.SILU) | (side.op == Op.GELU)
+        special = ((side.op == Op.EXP) | (side.op == Op.SILU) | (side.op == Op.GELU)
+                   | (side.op == Op.GAUSS))
         use_exp = special & (side.kind == _ELEMENT)
         e_exp = fp_exp(p, platform, z, "s5")
         e_bypass = _delay(p, z, FPExp.LATENCY, "z_bypass")
@@ -262,11 +271,13 @@ class VectorUnit(wiring.Component):
         side = data.View(_SIDE, _delay(p, side, FPExp.LATENCY, "side_s6"))
         ab = _delay(p, ab, FPExp.LATENCY, "ab_s6")
 
-        d = fp_add(p, e, Mux(_sigmoid(side), _ONE, _NEG_ZERO), "s6")
+        poly = (side.op == Op.POLY) & (side.kind == _ELEMENT)
+        d = fp_add(p, e, Mux(poly, ab[:32], Mux(_sigmoid(side), _ONE, _NEG_ZERO)), "s6")
         side = data.View(_SIDE, _delay(p, side, FPAdd.LATENCY, "side_s7"))
         ab = _delay(p, ab, FPAdd.LATENCY, "ab_s7")
 
-        use_recip = _sigmoid(side) | (side.kind == _FIN_RSQRT) | (side.kind == _FIN_RECIP)
+        use_recip = (_sigmoid(side) | ((side.op == Op.RECIP_ABS) & (side.kind == _ELEMENT))
+                     | (side.kind == _FIN_RSQRT) | (side.kind == _FIN_RECIP))
         r_recip = fp_recip(p, platform, d, side.kind == _FIN_RSQRT, "s7")
         r_bypass = _delay(p, d, FPReciprocal.LATENCY, "d_bypass")
         use_recip = _delay(p, use_recip, FPReciprocal.LATENCY, "use_recip")
@@ -460,15 +471,23 @@ class VectorUnit(wiring.Component):
         a_value = self.i_a.payload
         b_value = self.i_b.payload
         op = cmd.op
-        y1 = Mux(op == Op.MUL, b_value,
+        a_negative = _bits(a_value)[31]
+        x1 = Mux(op == Op.RECIP_ABS, Cat(_bits(a_value)[:31], 0),
+             Mux((op == Op.GAUSS) | (op == Op.GELU_ERF), b_value, a_value))
+        y1 = Mux((op == Op.MUL) | (op == Op.POLY), b_value,
              Mux(op == Op.SCALE, scale,
              Mux((op == Op.RMS) | (op == Op.GELU), a_value,
-             Mux((op == Op.MAX) | (op == Op.EXP), cmd.k1,
-             Mux(op == Op.SILU, _MINUS_ONE, _ONE)))))
+             Mux((op == Op.MAX) | (op == Op.EXP) | (op == Op.RECIP_ABS) | (op == Op.GAUSS),
+                 cmd.k1,
+             Mux(op == Op.GELU_ERF, Mux(a_negative, cmd.k1, _negate(cmd.k1)),
+             Mux(op == Op.SILU, _MINUS_ONE, _ONE))))))
         w_static = Mux(op == Op.ADD, b_value,
                    Mux((op == Op.NORM) | (op == Op.VAR), _negate(mean),
                    Mux(op == Op.EXP, _negate(maximum),
-                   Mux(op == Op.GELU, _GELU_G0, _NEG_ZERO))))
+                   Mux(op == Op.GELU, _GELU_G0,
+                   Mux(op == Op.RECIP_ABS, cmd.k2,
+                   Mux(op == Op.POLY, cmd.k1,
+                   Mux((op == Op.GELU_ERF) & ~a_negative, _ONE, _NEG_ZERO)))))))
 
         with m.FSM(name="front"):
             with m.State("IDLE"):
@@ -476,7 +495,7 @@ class VectorUnit(wiring.Component):
                 bad = ((new.length == 0) | (new.length > self.max_length)
                        | ((new.op == Op.ROPE) & new.length[0])
                        | (new.quantize & ((new.length % BLOCK != 0) | ~_writes(new.op)))
-                       | ~((new.op.as_value() <= Op.ROPE.value)))
+                       | ~((new.op.as_value() <= Op.GELU_ERF.value)))
                 wait = ((_waits_for_sum(new.op) & pending_sum)
                         | (_waits_for_max(new.op) & pending_max))
                 m.d.comb += self.i_cmd.ready.eq(~wait)
@@ -542,8 +561,11 @@ class VectorUnit(wiring.Component):
                 with m.Else():
                     m.d.comb += [
                         front_valid.eq(operands & front_free),
-                        issue_el.x1.eq(a_value), issue_el.y1.eq(y1),
+                        issue_el.x1.eq(x1), issue_el.y1.eq(y1),
                         issue_el.w.eq(w_static),
+                        # GAUSS adds a·a, S1's second product, as RoPE adds its own.
+                        issue_el.x2.eq(a_value), issue_el.y2.eq(a_value),
+                        issue_el.rope.eq(op == Op.GAUSS), issue_el.rope_minus.eq(0),
                         # The causal mask is softmax's: the other passes ignore limit.
                         issue_el.side.masked.eq(((op == Op.MAX) | (op == Op.EXP))
                                                 & (index >= cmd.limit)),
@@ -555,7 +577,8 @@ class VectorUnit(wiring.Component):
                         with m.If(last):
                             m.next = "IDLE"
                 m.d.comb += [
-                    issue_el.a.eq(a_value), issue_el.b.eq(b_value),
+                    issue_el.a.eq(Mux((op == Op.POLY) | (op == Op.GAUSS), cmd.k2, a_value)),
+                    issue_el.b.eq(b_value),
                     issue_el.side.op.eq(op), issue_el.side.gated.eq(cmd.gated),
                     issue_el.side.quantize.eq(cmd.quantize),
                     issue_el.side.kind.eq(_ELEMENT),
