@@ -2,7 +2,7 @@
 softmax, activations, residual add, RoPE), one command per pass over a vector (docs/vector.md).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Assert, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,6 +11,7 @@ from ..fp.exp import FPExp, fp_exp
 from ..fp.format import FLOAT32, Pipeline
 from ..fp.mul import FPMul, fp_mul
 from ..fp.recip import FPReciprocal, fp_recip
+from ..fifo import StreamFIFO
 from ..stream_rules import assert_stream_rules
 from .quantizer import BLOCK, OUTPUT_LAYOUT as Q8_0_LAYOUT, Q8_0Quantizer
 
@@ -82,6 +83,13 @@ _GELU_G1 = 0xBD922279
 _SIDE = data.StructLayout({
     "op": Op, "kind": _KIND_WIDTH, "gated": 1, "masked": 1, "last": 1, "quantize": 1,
 })
+
+#: What leaves the element pipeline.
+_RESULT = data.StructLayout({"value": FLOAT32, "side": _SIDE})
+
+#: Results the result FIFO holds: more than the pipeline's latency, so that issue never waits
+#: for credit while the output keeps up.
+RESULT_DEPTH = 512
 
 _ISSUE = data.StructLayout({
     "x1": FLOAT32, "y1": FLOAT32,   # S1a: u = x1 · y1
@@ -163,6 +171,11 @@ class VectorUnit(wiring.Component):
     A command that reads or writes a register waits until the reduction before it has written
     its register; the others follow the previous command's elements without a gap.
 
+    The pipeline never stalls. Its results go into a FIFO of ``RESULT_DEPTH`` entries, and an
+    element issues only while fewer than that many are in the pipeline and the FIFO together,
+    so the outputs' ``ready`` drives the FIFO alone and not the clock enable of the pipeline's
+    tens of thousands of registers.
+
     Parameters
     ----------
     max_length : int
@@ -233,9 +246,30 @@ class VectorUnit(wiring.Component):
 
         # ---- The element pipeline --------------------------------------------------------
         chain_i = stream.Signature(_ISSUE).create()
-        chain_o = stream.Signature(data.StructLayout({"value": FLOAT32, "side": _SIDE})
-                                   ).create()
+        chain_o = stream.Signature(_RESULT).create()
         p = Pipeline(m, chain_i, chain_o, self.LATENCY)
+        # The pipeline never stalls: an element issues only with a place reserved for its
+        # result in the result FIFO, so no output's ready reaches the pipeline's registers.
+        m.submodules.results = results = StreamFIFO(_RESULT, RESULT_DEPTH, buffered=True)
+        m.d.comb += [
+            chain_o.ready.eq(1),
+            results.i.valid.eq(chain_o.valid),
+            results.i.payload.eq(chain_o.payload),
+        ]
+        m.d.sync += Assert(~chain_o.valid | results.i.ready,
+                           "Vector unit result FIFO overflows: the issue credit is wrong")
+        front_i = stream.Signature(_ISSUE).create()     # the front end's issue, before credit
+        in_flight = Signal(range(RESULT_DEPTH + 1))     # issued, not yet out of the FIFO
+        room = Signal()
+        m.d.comb += [
+            room.eq(in_flight != RESULT_DEPTH),
+            chain_i.valid.eq(front_i.valid & room),
+            chain_i.payload.eq(front_i.payload),
+            front_i.ready.eq(chain_i.ready & room),
+        ]
+        res = results.o
+        m.d.sync += in_flight.eq(in_flight + (chain_i.valid & chain_i.ready)
+                                 - (res.valid & res.ready))
         el = chain_i.payload
         s1 = FPMul.LATENCY
         u = fp_mul(p, platform, el.x1, el.y1, "s1a")
@@ -294,8 +328,8 @@ class VectorUnit(wiring.Component):
         m.d.comb += [chain_o.payload.value.eq(result), chain_o.payload.side.eq(side)]
 
         # ---- Outputs and reductions ------------------------------------------------------
-        out_side = chain_o.payload.side
-        value = chain_o.payload.value
+        out_side = res.payload.side
+        value = res.payload.value
         is_element = out_side.kind == _ELEMENT
         writes = is_element & _writes(out_side.op)
         to_output = writes & ~out_side.quantize
@@ -305,12 +339,12 @@ class VectorUnit(wiring.Component):
         m.submodules.quantizer = quantizer = Q8_0Quantizer()
         wiring.connect(m, quantizer.o, wiring.flipped(self.o_q8))
         m.d.comb += [
-            chain_o.ready.eq(Mux(to_output, self.o.ready,
+            res.ready.eq(Mux(to_output, self.o.ready,
                                  Mux(to_quantizer, quantizer.i.ready, 1))),
-            self.o.valid.eq(chain_o.valid & to_output),
+            self.o.valid.eq(res.valid & to_output),
             self.o.payload.value.eq(masked_value),
             self.o.payload.last.eq(out_side.last),
-            quantizer.i.valid.eq(chain_o.valid & to_quantizer),
+            quantizer.i.valid.eq(res.valid & to_quantizer),
             quantizer.i.payload.eq(masked_value),
             quantizer.clear.eq(self.clear),
         ]
@@ -318,7 +352,7 @@ class VectorUnit(wiring.Component):
         in_quantizer = Signal(16)
         m.d.sync += in_quantizer.eq(in_quantizer + (quantizer.i.valid & quantizer.i.ready)
                                     - (self.o_q8.valid & self.o_q8.ready))
-        taken = chain_o.valid & chain_o.ready
+        taken = res.valid & res.ready
         with m.If(taken & writes & _nonfinite(masked_value)):
             m.d.sync += nonfinite.eq(1)
 
@@ -461,10 +495,10 @@ class VectorUnit(wiring.Component):
             fin_el.side.kind.eq(fin_kind),
             # A neutral operation, so that the later stages leave the sum alone.
             fin_el.side.op.eq(Op.ADD),
-            chain_i.valid.eq(Mux(fin_active, 1, front_valid)),
-            chain_i.payload.eq(Mux(fin_active, fin_el, issue_el)),
+            front_i.valid.eq(Mux(fin_active, 1, front_valid)),
+            front_i.payload.eq(Mux(fin_active, fin_el, issue_el)),
         ]
-        with m.If(fin_active & chain_i.ready):
+        with m.If(fin_active & front_i.ready):
             m.d.sync += [fin_sent.eq(1), fin_ready.eq(0)]
         front_free = ~fin_active
 
@@ -525,7 +559,7 @@ class VectorUnit(wiring.Component):
                     # index counts the elements taken; a pair's two results are issued when
                     # its second element is taken and in the cycle after, while the next
                     # pair's first element may already be taken.
-                    issue_second = second & front_free & chain_i.ready
+                    issue_second = second & front_free & front_i.ready
                     with m.If(second):
                         # o1 = x0·s + x1·c.
                         m.d.comb += [
@@ -546,7 +580,7 @@ class VectorUnit(wiring.Component):
                             issue_el.x1.eq(held_x0), issue_el.y1.eq(held_c),
                             issue_el.x2.eq(a_value), issue_el.y2.eq(b_value),
                             issue_el.rope.eq(1), issue_el.rope_minus.eq(1),
-                            take.eq(operands & front_free & chain_i.ready),
+                            take.eq(operands & front_free & front_i.ready),
                         ]
                         with m.If(take):
                             m.d.sync += [held_x1.eq(a_value), held_s.eq(b_value),
@@ -570,7 +604,7 @@ class VectorUnit(wiring.Component):
                         issue_el.side.masked.eq(((op == Op.MAX) | (op == Op.EXP))
                                                 & (index >= cmd.limit)),
                         issue_el.side.last.eq(last),
-                        take.eq(operands & front_free & chain_i.ready),
+                        take.eq(operands & front_free & front_i.ready),
                     ]
                     with m.If(take):
                         m.d.sync += index.eq(index + 1)
@@ -593,7 +627,7 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += [
             self.errors.nonfinite.eq(nonfinite),
-            self.busy.eq(chain_o.valid | p.valid.any() | pending_sum | pending_max | max_done
+            self.busy.eq((in_flight != 0) | pending_sum | pending_max | max_done
                          | (in_quantizer != 0)
                          | ~self.i_cmd.ready),
         ]
