@@ -12,6 +12,7 @@ from .fp import (FP16ToFP32, FP32ToFP16, FP32ToInt, FPAdd, FPCompare, FPDiv, FPE
                  FPReciprocal, Int32ToFP32)
 from .tiles.dequant import Dequantizer
 from .tiles.mac_array import MACArray
+from .tiles.matmul import MatmulEngine
 from .tiles.quantizer import Q8_0Quantizer
 from .tiles.requantizer import Requantizer
 from .tiles.sram import SRAM
@@ -19,7 +20,7 @@ from .tiles.unpack import WeightUnpacker
 from .tiles.vector import VectorUnit
 
 
-__all__ = ["BLOCKS", "build_block"]
+__all__ = ["BLOCKS", "SLOW_BLOCKS", "build_block"]
 
 
 #: name -> (factory taking a config, one-line description)
@@ -43,6 +44,9 @@ BLOCKS = {
                "GGUF weight unpacker: blocks as stored in the file to integer codes and scales"),
     "dequant": (lambda c: Dequantizer.from_config(c),
                 "dequant pipeline: block sums x scales, accumulated per output in binary32"),
+    "matmul_engine": (lambda c: MatmulEngine.from_config(c),
+                      "matmul engine: weight unpacker, transposer, MAC array and dequant "
+                      "pipeline, GGUF blocks and Q8_0 activations to binary32 results"),
     "vector_unit": (lambda c: VectorUnit.from_config(c),
                     "vector unit: norms, softmax, SiLU/GELU, RoPE, add/mul in binary32, one pass "
                     "per command, Q8_0 out"),
@@ -62,6 +66,10 @@ BLOCKS = {
     "fp_reciprocal": (lambda c: FPReciprocal(),
                       "binary32 1/x or 1/sqrt(x), chosen per operand, pipelined"),
 }
+
+
+#: Blocks whose synthesis takes tens of minutes: `tessera demo` leaves them to their benches.
+SLOW_BLOCKS = ("matmul_engine", "vector_unit")
 
 
 def build_block(name, config=None):

@@ -147,7 +147,7 @@ def cmd_bench(args):
 
 def cmd_demo(args):
     from rich.console import Console
-    from rtl.blocks import build_block
+    from rtl.blocks import SLOW_BLOCKS, build_block
     from rtl.config import TesseraConfig
     from synth.flow import markdown_table
 
@@ -157,10 +157,13 @@ def cmd_demo(args):
                   f"tiles, {config.array_rows}×{config.array_cols} arrays, "
                   f"{config.flit_width}-bit flits")
     start = time.monotonic()
-    for block in _blocks("all"):
+    blocks = [b for b in _blocks("all") if b not in SLOW_BLOCKS]
+    for block in blocks:
         text = verilog.convert(build_block(block, config), name=block, emit_src=False)
         console.print(f"  elaborated {block:8} {text.count(chr(10)):6} lines of Verilog")
-    jobs = [(block, target, config) for block in _blocks("all") for target in ("ecp5", "ice40")]
+    console.print(f"  not synthesized here (tens of minutes each): {', '.join(SLOW_BLOCKS)}; "
+                  f"see `tessera bench vector` and `tessera synth BLOCK --target ecp5`")
+    jobs = [(block, target, config) for block in blocks for target in ("ecp5", "ice40")]
     results = _synthesize_all(jobs, progress=True)
     console.print()
     print(markdown_table(results))

@@ -18,7 +18,8 @@ from .fp32 import bits
 from .gguf_blocks import FORMATS, code_values, e8m0_half, split_blocks
 
 
-__all__ = ["terms", "accumulate", "MatmulOperands", "matmul_operands", "matmul"]
+__all__ = ["terms", "accumulate", "MatmulOperands", "matmul_operands", "matmul_operands_q8",
+           "matmul", "matmul_q8"]
 
 
 def _half(raw):
@@ -67,11 +68,21 @@ def matmul_operands(fmt, w_raw, x):
     of ``fmt``) and float32 activations ``x`` (M × K), quantized to Q8_0 as the chip does
     (``gguf.quants.quantize``, byte-identical by SPEC §2)."""
     x = np.asarray(x, dtype=np.float32)
-    rows = np.asarray(w_raw, dtype=np.uint8).reshape(np.asarray(w_raw).shape[0], -1)
-    n, k = rows.shape[0], x.shape[1]
+    k = x.shape[1]
     x_blocks = split_blocks("Q8_0", quantize(x, GGMLQuantizationType.Q8_0))
-    x_codes = code_values("Q8_0", x_blocks.codes).reshape(x.shape[0], k // 32, 32)
+    x_codes = code_values("Q8_0", x_blocks.codes).reshape(x.shape[0], k)
     d_x = x_blocks.d.view(np.uint16).reshape(x.shape[0], k // 32)
+    return matmul_operands_q8(fmt, w_raw, x_codes, d_x)
+
+
+def matmul_operands_q8(fmt, w_raw, x_codes, d_x):
+    """:func:`matmul_operands` for activations already quantized: Q8_0 codes ``x_codes``
+    (M × K integers) and raw fp16 block scales ``d_x`` (M × K/32), as the tile holds them."""
+    x_codes = np.asarray(x_codes, dtype=np.int64)
+    rows = np.asarray(w_raw, dtype=np.uint8).reshape(np.asarray(w_raw).shape[0], -1)
+    n, k = rows.shape[0], x_codes.shape[1]
+    x_codes = x_codes.reshape(x_codes.shape[0], k // 32, 32)
+    d_x = np.asarray(d_x, dtype=np.uint16)
     blocks = split_blocks(fmt, rows)
     elements = FORMATS[fmt][0]
     w_codes = code_values(fmt, blocks.codes).reshape(n, k // 32, 32)
@@ -91,6 +102,14 @@ def matmul_operands(fmt, w_raw, x):
 
 def matmul(fmt, w_raw, x):
     """``y = W · x`` (M × N, float32) as the MAC array and the dequant pipeline compute it."""
-    ops = matmul_operands(fmt, w_raw, x)
-    t = terms(fmt, ops.sums, ops.d_w, ops.d_x, ops.m_w, ops.q_sum)
+    return _result(matmul_operands(fmt, w_raw, x))
+
+
+def matmul_q8(fmt, w_raw, x_codes, d_x):
+    """:func:`matmul` for activations already quantized to Q8_0 codes and raw fp16 scales."""
+    return _result(matmul_operands_q8(fmt, w_raw, x_codes, d_x))
+
+
+def _result(ops):
+    t = terms(ops.format, ops.sums, ops.d_w, ops.d_x, ops.m_w, ops.q_sum)
     return bits(accumulate(t)).view(np.float32)
