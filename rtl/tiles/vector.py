@@ -267,7 +267,11 @@ class VectorUnit(wiring.Component):
             chain_i.payload.eq(front_i.payload),
             front_i.ready.eq(chain_i.ready & room),
         ]
-        res = results.o
+        # The block RAM's output (5.6 ns from the clock on ECP5) must not feed the output
+        # logic directly: a two-entry FIFO in flip-flops and LUT RAM sits behind it.
+        m.submodules.result_out = result_out = StreamFIFO(_RESULT, 2)
+        wiring.connect(m, results.o, result_out.i)
+        res = result_out.o
         m.d.sync += in_flight.eq(in_flight + (chain_i.valid & chain_i.ready)
                                  - (res.valid & res.ready))
         el = chain_i.payload
