@@ -12,6 +12,11 @@ The stimulus is built here in pure Python, and a NumPy stream-level reference
 (:func:`stream_reference`) recomputes y from exactly those beats, decoded back from the packed
 payload words; a plain pytest (no simulator) holds it to ``sim.dequant.matmul`` bit for bit, which
 proves the stream order and the payload packing independently of the RTL.
+
+Also here: rejected commands (docs/matmul.md "Bad input": each kind on its own between good jobs,
+then all back to back with good jobs in one stream; the flag set, everything drained, nothing
+written, ``clear``), and the throughput benchmark (:func:`run_bench`: cycles, MAC utilisation and
+weight bytes per cycle of decode and M = ``rows`` jobs in every format, all inputs always valid).
 """
 
 import functools
@@ -401,21 +406,60 @@ async def read_errors(dut, offsets):
     return flags
 
 
-async def run_job(dut, rng, stim, offsets, *, idle, stall, label, limit):
-    """Send one command and its beats, collect and check the outputs; returns the cycles from
-    the start to the last expected output."""
-    command, w_words, x_words, xs_words = stim.words(offsets)
-    payloads = dict(zip(INPUTS, ([command], w_words, x_words, xs_words)))
+class Monitor:
+    """Cycle stamps of the transfers on ``i_cmd``, ``i_w`` and ``o`` (sampled in the same
+    ``ReadOnly`` phase as the stream drivers), for the throughput measurement."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.cycle = 0
+        self.cmd, self.w, self.out = [], [], []
+
+    async def run(self):
+        dut = self.dut
+        while True:
+            await ReadOnly()
+            if int(dut.i_cmd__valid.value) and int(dut.i_cmd__ready.value):
+                self.cmd.append(self.cycle)
+            if int(dut.i_w__valid.value) and int(dut.i_w__ready.value):
+                self.w.append(self.cycle)
+            if int(dut.o__valid.value) and int(dut.o__ready.value):
+                self.out.append(self.cycle)
+            await RisingEdge(dut.clk)
+            self.cycle += 1
+
+
+async def run_stream(dut, rng, stims, offsets, *, idle, stall, label, limit, monitor=None,
+                     labels=None):
+    """Send the commands of ``stims`` back to back, each stream's beats concatenated in command
+    order (a command may be taken while the streams still carry the previous one's tail), and
+    collect the outputs. The outputs of one command all precede the next one's (the dequant
+    pipeline emits in the order of the last terms), so job i's are the next
+    ``len(stims[i].expected)`` outputs; each slice is checked like a single job (a rejected
+    command expects none). Returns the cycles from the start to the last expected output.
+    ``monitor``: a :class:`Monitor`, run alongside."""
+    labels = labels or [label] * len(stims)
+    words = [stim.words(offsets) for stim in stims]
+    payloads = {"i_cmd": [w[0] for w in words]}
+    for index, name in enumerate(INPUTS[1:], start=1):
+        payloads[name] = [word for w in words for word in w[index]]
     sources = {name: StreamSource(dut, name, rng, idle=idle) for name in INPUTS}
     sink = StreamSink(dut, "o", rng, stall=stall)
     watchdog = Watchdog(dut.clk, limit=2 * limit)
-    tasks = [cocotb.start_soon(c) for c in (sink.run(), watchdog.run(),
-                                            *(sources[n].send(payloads[n]) for n in INPUTS))]
-    expected = len(stim.expected)
+    coroutines = [sink.run(), watchdog.run(), *(sources[n].send(payloads[n]) for n in INPUTS)]
+    if monitor is not None:
+        coroutines.append(monitor.run())
+    tasks = [cocotb.start_soon(c) for c in coroutines]
+    expected = sum(len(stim.expected) for stim in stims)
 
     def state():
         return (f"outputs {len(sink.received)}/{expected}, "
-                + ", ".join(f"{n} {sources[n].sent}/{len(payloads[n])}" for n in INPUTS))
+                + ", ".join(f"{n} {sources[n].sent}/{len(payloads[n])}" for n in INPUTS)
+                + f", errors {read_flags()}")
+
+    def read_flags():
+        value = int(dut.errors.value)
+        return {name: get(value, field) for name, field in offsets["errors"].items()}
 
     cycles = quiet = 0
     progress = None
@@ -448,8 +492,27 @@ async def run_job(dut, rng, stim, offsets, *, idle, stall, label, limit):
     dut.o__ready.value = 0
     for name in INPUTS:
         getattr(dut, f"{name}__valid").value = 0
-    check_outputs(label, sink.received, stim.expected, offsets)
+    received = sink.received
+    if len(stims) == 1:
+        check_outputs(labels[0], received, stims[0].expected, offsets)
+        return cycles
+    if len(received) != expected:
+        counts = [len(stim.expected) for stim in stims]
+        raise AssertionError(f"{label}: {len(received)} outputs for {expected} expected "
+                             f"(per command {counts})")
+    start = 0
+    for stim, job_label in zip(stims, labels):
+        count = len(stim.expected)
+        check_outputs(job_label, received[start:start + count], stim.expected, offsets)
+        start += count
     return cycles
+
+
+async def run_job(dut, rng, stim, offsets, *, idle, stall, label, limit):
+    """Send one command and its beats, collect and check the outputs; returns the cycles from
+    the start to the last expected output."""
+    return await run_stream(dut, rng, [stim], offsets, idle=idle, stall=stall, label=label,
+                            limit=limit)
 
 
 @cocotb.test()
@@ -487,6 +550,282 @@ async def matmul(dut):
         print(f"[tessera] {label}: {len(stim.expected)} outputs bit-exact in {cycles} cycles "
               f"({len(stim.w_beats)} i_w, {len(stim.x_beats)} i_x, {len(stim.xs_beats)} i_xs "
               f"beats)")
+
+
+# ---- Rejected commands -------------------------------------------------------------------------
+
+#: The bad commands of docs/matmul.md "Bad input", each on its own: ``mode`` (an index into
+#: WEIGHT_FORMATS, or above it: not built), ``blocks``, ``tiles`` and ``rows``; ``rows`` may be
+#: "above" (the array's rows + 1) or "max" (the largest value the field holds).
+REJECTED_CASES = [
+    {"label": "mode 5 (not built)", "mode": 5, "blocks": 3, "tiles": 2, "rows": 1},
+    {"label": "mode 6 (not built)", "mode": 6, "blocks": 2, "tiles": 1, "rows": "max"},
+    {"label": "mode 7 (not built)", "mode": 7, "blocks": 1, "tiles": 3, "rows": 3},
+    {"label": "zero blocks (Q4_0)", "mode": 1, "blocks": 0, "tiles": 2, "rows": 1},
+    {"label": "zero tiles (Q8_0)", "mode": 0, "blocks": 3, "tiles": 0, "rows": 4},
+    {"label": "zero blocks and tiles (MXFP4)", "mode": 3, "blocks": 0, "tiles": 0, "rows": 2},
+    {"label": "mode 6 and zero tiles", "mode": 6, "blocks": 5, "tiles": 0, "rows": 1},
+    {"label": "rows 0 (Q4_1)", "mode": 2, "blocks": 2, "tiles": 2, "rows": 0},
+    {"label": "rows above the array's (MXFP4)", "mode": 3, "blocks": 3, "tiles": 1,
+     "rows": "above"},
+    {"label": "rows at the field's maximum (Q8_0)", "mode": 0, "blocks": 2, "tiles": 2,
+     "rows": "max"},
+    {"label": "TQ2_0, 12 blocks", "mode": 4, "blocks": 12, "tiles": 1, "rows": 2},
+    {"label": "TQ2_0, 1 block", "mode": 4, "blocks": 1, "tiles": 2, "rows": 1},
+]
+
+
+def weight_beats(stream, byte_width):
+    """``stream`` (uint8) as ``i_w`` beats (data, count, last); an empty stream is the one beat
+    (0, 0, 1): a weight job always ends in a ``last`` beat."""
+    stream = np.asarray(stream, dtype=np.uint8)
+    if stream.size == 0:
+        return [(0, 0, 1)]
+    return [(int.from_bytes(stream[i:i + byte_width].tobytes(), "little"),
+             min(byte_width, stream.size - i), int(i + byte_width >= stream.size))
+            for i in range(0, stream.size, byte_width)]
+
+
+def rejected_stimulus(case, nrng, *, rows, cols, byte_width, rows_field):
+    """The beats a sender sends with a command the engine must reject (``case``: an entry of
+    :data:`REJECTED_CASES`), all of which the engine takes and drops, expecting no output.
+
+    - ``i_w``: for a built format, the GGUF blocks of the command's ``tiles``·G rows of K
+      (``blocks``·32) elements in the engine's order, K rounded up to the format's block
+      (TQ2_0: 256); for a mode that is not built, a random number of random bytes (the sender
+      cannot know a format); for zero ``blocks`` or ``tiles``, the empty job (one beat, count
+      0, ``last``).
+    - ``i_x``: ``tiles``·``blocks``·32 beats, random codes in the first min(M, rows) rows and 0
+      beyond; ``i_xs``: ``tiles``·``blocks`` beats of random finite fp16 scales and the sums of
+      those codes.
+    ``rows_field``: the width of the command's ``rows`` field (for "max")."""
+    mode, blocks, tiles, m = (case[key] for key in ("mode", "blocks", "tiles", "rows"))
+    m = {"above": rows + 1, "max": (1 << rows_field) - 1}.get(m, m)
+    fmt = WEIGHT_FORMATS[mode] if mode < len(WEIGHT_FORMATS) else None
+    group = outputs_per_tile(fmt or "Q4_0", cols)
+    k = 32 * blocks
+    if blocks == 0 or tiles == 0:
+        stream = np.zeros(0, np.uint8)
+    elif fmt is None:
+        stream = nrng.integers(0, 256, int(nrng.integers(1, 3 * tiles * blocks * byte_width)),
+                               dtype=np.uint8)
+    else:
+        elements = FORMATS[fmt][0]
+        k_file = -(-k // elements) * elements
+        w_raw = random_weights(nrng, fmt, tiles * group, k_file)
+        stream = weight_stream_bytes(fmt, w_raw, group)
+    live = min(m, rows)
+    codes = np.zeros((tiles, blocks, 32, rows), np.int64)
+    codes[..., :live] = nrng.integers(-127, 128, (tiles, blocks, 32, live))
+    d = np.zeros((tiles, blocks, rows), np.int64)
+    d[..., :live] = nrng.integers(0, 0x7C00, (tiles, blocks, live))
+    sums = codes.sum(axis=2)
+    x_beats = [tuple(int(v) for v in beat) for beat in codes.reshape(-1, rows)]
+    xs_beats = [tuple((int(d[t, b, r]), int(sums[t, b, r])) for r in range(rows))
+                for t in range(tiles) for b in range(blocks)]
+    command = {"mode": mode, "interleaved": 0, "blocks": blocks, "tiles": tiles, "rows": m}
+    return Stimulus(fmt or f"mode {mode}", m, tiles * group, k, group, command,
+                    weight_beats(stream, byte_width), x_beats, xs_beats, {})
+
+
+async def pulse_clear(dut):
+    dut.clear.value = 1
+    await RisingEdge(dut.clk)
+    dut.clear.value = 0
+    await RisingEdge(dut.clk)
+
+
+def good_job(nrng, p, label):
+    """A small random good job (format, M, tiles, blocks at random) and its label."""
+    fmt = WEIGHT_FORMATS[int(nrng.integers(len(WEIGHT_FORMATS)))]
+    spec = {"fmt": fmt, "m": int(nrng.integers(1, p["rows"] + 1)),
+            "tiles": int(nrng.integers(1, 3)),
+            "blocks": 8 if fmt == "TQ2_0" else int(nrng.integers(1, 4))}
+    job_seed = int(nrng.integers(1 << 31))
+    fmt, w_raw, x = job_operands(spec, job_seed, p["cols"])
+    stim = build_stimulus(fmt, w_raw, x, rows=p["rows"], cols=p["cols"],
+                          byte_width=p["byte_width"])
+    return stim, (f"{label} (random {fmt}, M={stim.m} N={stim.n} K={stim.k}; job seed "
+                  f"{job_seed})")
+
+
+@cocotb.test()
+async def rejected(dut):
+    """Parameters as :func:`matmul`'s, and ``cases`` (:data:`REJECTED_CASES`). Each rejected
+    command on its own, between good jobs, at random idle and stall: it sets ``errors.command``
+    only, is drained (every beat of its streams taken, nothing more), writes nothing; ``clear``
+    clears the flag; the next good job is bit-exact. Then all of them again, back to back
+    with good jobs in one continuous stream: the good outputs bit-exact and in order."""
+    p = harness.params()
+    offsets = p["offsets"]
+    seed = harness.seed()
+    rng = make_rng(seed)
+    nrng = np.random.default_rng(seed)
+    rows_field = offsets["command"]["rows"][1]
+    dut.clear.value = 0
+    for name in INPUTS:
+        getattr(dut, f"{name}__valid").value = 0
+    dut.o__ready.value = 0
+    await start_clock_and_reset(dut)
+    await ClockCycles(dut.clk, 2)
+    limit = p.get("limit", 4000)
+    clean = {"command": 0, "weights": 0, "dequant": 0}
+    flagged = {"command": 1, "weights": 0, "dequant": 0}
+
+    def jitter():
+        return float(nrng.uniform(0.1, 0.6)), float(nrng.uniform(0.1, 0.7))
+
+    def bad(case):
+        return rejected_stimulus(case, nrng, rows=p["rows"], cols=p["cols"],
+                                 byte_width=p["byte_width"], rows_field=rows_field)
+
+    def describe_bad(case, stim):
+        return (f"rejected {case['label']} (command {stim.command}; {len(stim.w_beats)} i_w, "
+                f"{len(stim.x_beats)} i_x, {len(stim.xs_beats)} i_xs beats)")
+
+    stim, label = good_job(nrng, p, "first good job")
+    idle, stall = jitter()
+    await run_job(dut, rng, stim, offsets, idle=idle, stall=stall, label=label, limit=limit)
+    assert await read_errors(dut, offsets) == clean, label
+    for case in p["cases"]:
+        stim = bad(case)
+        idle, stall = jitter()
+        label = f"{describe_bad(case, stim)}, idle {idle:.2f}, stall {stall:.2f}, seed {seed}"
+        cycles = await run_job(dut, rng, stim, offsets, idle=idle, stall=stall, label=label,
+                               limit=limit)
+        flags = await read_errors(dut, offsets)
+        assert flags == flagged, f"{label}: error flags {flags}, expected {flagged}"
+        await pulse_clear(dut)
+        flags = await read_errors(dut, offsets)
+        assert flags == clean, f"{label}: error flags {flags} after clear"
+        good, good_label = good_job(nrng, p, f"good job after {case['label']}")
+        idle, stall = jitter()
+        good_label += f", idle {idle:.2f}, stall {stall:.2f}"
+        await run_job(dut, rng, good, offsets, idle=idle, stall=stall, label=good_label,
+                      limit=limit)
+        flags = await read_errors(dut, offsets)
+        assert flags == clean, f"{good_label}: error flags {flags}"
+        print(f"[tessera] {label}: drained in {cycles} cycles, errors.command set and "
+              f"cleared; then {good_label}: {len(good.expected)} outputs bit-exact")
+
+    # Back to back: good, bad, good, bad, ..., good in one stream on every input.
+    stims, labels = [], []
+    for index, case in enumerate(p["cases"]):
+        stim, label = good_job(nrng, p, f"back-to-back good job {index}")
+        stims += [stim, bad(case)]
+        labels += [label, describe_bad(case, stims[-1])]
+    stim, label = good_job(nrng, p, f"back-to-back good job {len(p['cases'])}")
+    stims.append(stim)
+    labels.append(label)
+    idle, stall = jitter()
+    label = (f"{len(stims)} commands back to back (seed {seed}, idle {idle:.2f}, "
+             f"stall {stall:.2f})")
+    await run_stream(dut, rng, stims, offsets, idle=idle, stall=stall, label=label,
+                     limit=limit, labels=[f"{label}: {one}" for one in labels])
+    flags = await read_errors(dut, offsets)
+    assert flags == flagged, f"{label}: error flags {flags}, expected {flagged}"
+    await pulse_clear(dut)
+    assert await read_errors(dut, offsets) == clean, f"{label}: flags after clear"
+    print(f"[tessera] {label}: {sum(len(s.expected) for s in stims)} outputs bit-exact")
+
+
+# ---- Throughput ----------------------------------------------------------------------------------
+
+def throughput_jobs(rows, *, tiles=4):
+    """Decode (M = 1) and M = ``rows`` for every format: N = ``tiles``·G, K = 576 (TQ2_0: 512)."""
+    return [{"fmt": fmt, "m": m, "tiles": tiles, "blocks": 16 if fmt == "TQ2_0" else 18,
+             "seed": 100 * WEIGHT_FORMATS.index(fmt) + m}
+            for m in (1, rows) for fmt in WEIGHT_FORMATS]
+
+
+def throughput_entry(stim, *, rows, cols, byte_width, cycles, w_cycles):
+    """The report of one job: ``cycles`` from the command's acceptance to the last output's
+    (both transfers' cycles, difference), ``w_cycles`` from the first ``i_w`` transfer to the
+    last (inclusive), and the bounds: the unpacker's (the weight bytes at ``byte_width`` per
+    cycle), the array's (one k-step per cycle: tiles × K) and the term builder's (one term
+    per cycle: M·G per tile and block)."""
+    lanes = 1 if stim.fmt == "Q8_0" else 2
+    weight_bytes = sum(count for _, count, _ in stim.w_beats)
+    macs = stim.m * stim.n * stim.k
+    k_steps = stim.tiles * stim.k
+    bounds = {"unpacker": -(-weight_bytes // byte_width), "array": k_steps,
+              "terms": stim.tiles * stim.blocks * stim.m * stim.group}
+    return {
+        "fmt": stim.fmt, "m": stim.m, "n": stim.n, "k": stim.k, "tiles": stim.tiles,
+        "group": stim.group, "blocks": stim.blocks, "cycles": cycles, "k_steps": k_steps,
+        "macs": macs, "lanes": lanes,
+        "mac_utilisation": macs / (cycles * rows * cols * lanes),
+        "weight_bytes": weight_bytes, "bytes_per_cycle": weight_bytes / cycles,
+        "unpacker_bytes_per_cycle": byte_width,
+        "of_unpacker_bound": bounds["unpacker"] / cycles,
+        "bounds": bounds, "bound": max(bounds.values()),
+        "of_bound": max(bounds.values()) / cycles,
+        "w_beats": len(stim.w_beats), "w_cycles": w_cycles,
+        "w_bytes_per_cycle": weight_bytes / w_cycles,
+    }
+
+
+def format_table(report):
+    """The throughput report as a text table."""
+    head = (f"{'format':<6} {'M':>2} {'N':>3} {'K':>4} {'cycles':>6} {'k-steps':>7} "
+            f"{'MAC util':>8} {'W B/cyc':>7} {'of 8 B':>6} {'bound':>6} {'(by)':<8} "
+            f"{'of bound':>8} {'W stream B/cyc':>14}")
+    lines = [head, "-" * len(head)]
+    for e in report["jobs"]:
+        by = max(e["bounds"], key=e["bounds"].get)
+        lines.append(
+            f"{e['fmt']:<6} {e['m']:>2} {e['n']:>3} {e['k']:>4} {e['cycles']:>6} "
+            f"{e['k_steps']:>7} {e['mac_utilisation']:>8.2%} {e['bytes_per_cycle']:>7.2f} "
+            f"{e['of_unpacker_bound']:>6.1%} {e['bound']:>6} {by:<8} {e['of_bound']:>8.1%} "
+            f"{e['w_bytes_per_cycle']:>14.2f}")
+    return "\n".join(lines)
+
+
+@cocotb.test()
+async def throughput(dut):
+    """Parameters as :func:`matmul`'s (``jobs`` from :func:`throughput_jobs`), and ``report``
+    (a path for the JSON, or none). Each job alone on an idle engine, every input always
+    valid and ``o`` always ready; outputs checked bit for bit while measuring."""
+    import json
+    import time
+    p = harness.params()
+    offsets = p["offsets"]
+    rng = make_rng(1)
+    dut.clear.value = 0
+    for name in INPUTS:
+        getattr(dut, f"{name}__valid").value = 0
+    dut.o__ready.value = 0
+    await start_clock_and_reset(dut)
+    await ClockCycles(dut.clk, 2)
+    report = {"rows": p["rows"], "cols": p["cols"], "byte_width": p["byte_width"],
+              "cycles_definition": "from the cycle the command is taken to the cycle the last "
+                                   "output is taken (difference)", "jobs": []}
+    for spec in p["jobs"]:
+        fmt, w_raw, x = job_operands(spec, spec["seed"], p["cols"])
+        stim = build_stimulus(fmt, w_raw, x, rows=p["rows"], cols=p["cols"],
+                              byte_width=p["byte_width"])
+        label = f"throughput {fmt} M={stim.m} N={stim.n} K={stim.k}"
+        monitor = Monitor(dut)
+        start = time.monotonic()
+        await run_stream(dut, rng, [stim], offsets, idle=0.0, stall=0.0, label=label,
+                         limit=p.get("limit", 4000), monitor=monitor)
+        assert len(monitor.cmd) == 1 and len(monitor.out) == len(stim.expected), label
+        assert len(monitor.w) == len(stim.w_beats), label
+        entry = throughput_entry(stim, rows=p["rows"], cols=p["cols"],
+                                 byte_width=p["byte_width"],
+                                 cycles=monitor.out[-1] - monitor.cmd[0],
+                                 w_cycles=monitor.w[-1] - monitor.w[0] + 1)
+        entry["first_output"] = monitor.out[0] - monitor.cmd[0]
+        entry["sim_seconds"] = round(time.monotonic() - start, 2)
+        flags = await read_errors(dut, offsets)
+        assert not any(flags.values()), f"{label}: error flags {flags}"
+        report["jobs"].append(entry)
+        print(f"[tessera] {label}: bit-exact, {entry['cycles']} cycles "
+              f"({entry['sim_seconds']} s)")
+    print("[tessera] matmul throughput\n" + format_table(report))
+    if p.get("report"):
+        with open(p["report"], "w") as f:
+            json.dump(report, f, indent=1)
 
 
 # ---- Stream-order tests (pure Python, no simulator) --------------------------------------------
@@ -560,6 +899,26 @@ def test_stream_order_matters():
     assert any(got[(r, c)] != stim.expected[(r, c)] for r in range(2) for c in range(g, 2 * g))
 
 
+@pytest.mark.parametrize("case", REJECTED_CASES, ids=lambda case: case["label"])
+def test_rejected_stimulus(case):
+    # A rejected command's streams as docs/matmul.md "Bad input" drains them: the weight job
+    # up to its one `last` beat (the empty job for zero blocks or tiles), tiles·blocks·32
+    # k-steps and tiles·blocks scale beats; every field fits its layout.
+    offsets = describe(spec_layouts(ROWS, BYTE_WIDTH))
+    stim = rejected_stimulus(case, np.random.default_rng(3), rows=ROWS, cols=COLS,
+                             byte_width=BYTE_WIDTH, rows_field=offsets["command"]["rows"][1])
+    blocks, tiles, m = (stim.command[key] for key in ("blocks", "tiles", "rows"))
+    fmt = WEIGHT_FORMATS[stim.command["mode"]] if stim.command["mode"] < 5 else None
+    assert (fmt is None or blocks == 0 or tiles == 0 or m == 0 or m > ROWS
+            or (fmt == "TQ2_0" and blocks % 8)), "not a command the engine must reject"
+    assert [last for _, _, last in stim.w_beats] == [0] * (len(stim.w_beats) - 1) + [1]
+    if blocks == 0 or tiles == 0:
+        assert stim.w_beats == [(0, 0, 1)] and not stim.x_beats and not stim.xs_beats
+    assert len(stim.x_beats) == tiles * blocks * 32 and len(stim.xs_beats) == tiles * blocks
+    assert stim.expected == {}
+    stim.words(offsets)     # raises when a value does not fit its field
+
+
 def test_spec_layouts():
     # The payload fields where the spec puts them (Amaranth packs fields in order from bit 0).
     offsets = describe(spec_layouts(ROWS, BYTE_WIDTH))
@@ -598,9 +957,9 @@ def _params(engine, config, jobs, **extra):
             "group": group, "jobs": jobs, "idle": 0.3, "stall": 0.3, "limit": 4000, **extra}
 
 
-def _run(engine, params):
+def _run(engine, params, testcase="matmul"):
     harness.run(engine, toplevel="matmul_engine", test_module="cocotb_tests.test_matmul",
-                testcase="matmul", parameters=params, quick_build=True)
+                testcase=testcase, parameters=params, quick_build=True)
 
 
 def test_engine_layouts_match_spec():
@@ -639,3 +998,39 @@ def test_engine_smollm2():
     if engine.rows >= 5:
         jobs.append({**job, "tokens": [0, 1, 2, 3, 4]})
     _run(engine, _params(engine, config, jobs))
+
+
+def test_engine_rejected_commands():
+    # docs/matmul.md "Bad input": every kind of rejected command, each on its own between good
+    # jobs, then all back to back with good jobs; random idle on every input, stalls on o.
+    engine, config = _engine()
+    _run(engine, _params(engine, config, [], cases=REJECTED_CASES), testcase="rejected")
+
+
+# ---- Benchmark -----------------------------------------------------------------------------------
+
+def run_bench(report_path):
+    """Run the ``throughput`` testcase on the default engine (:func:`throughput_jobs`), write
+    its JSON report to ``report_path``, print the table and return the report."""
+    import json
+    engine, config = _engine()
+    params = _params(engine, config, throughput_jobs(engine.rows), report=str(report_path))
+    _run(engine, params, testcase="throughput")
+    with open(report_path) as f:
+        report = json.load(f)
+    print(format_table(report))
+    return report
+
+
+@pytest.mark.slow  # ~20 s of simulation; deselect with -m 'not slow'
+def test_engine_throughput(tmp_path):
+    # The whole benchmark (about 55k cycles, under 20 s of simulation): every output bit-exact
+    # while measured, and loose bounds: the decode jobs of the formats the unpacker limits at
+    # 80 % of its byte bound or more, every job at 70 % of its tightest bound or more.
+    report = run_bench(tmp_path / "matmul_bench.json")
+    jobs = {(e["fmt"], e["m"]): e for e in report["jobs"]}
+    assert len(jobs) == 2 * len(WEIGHT_FORMATS)
+    for fmt in ("Q8_0", "Q4_0", "Q4_1", "MXFP4"):
+        assert jobs[(fmt, 1)]["of_unpacker_bound"] >= 0.8, jobs[(fmt, 1)]
+    for entry in report["jobs"]:
+        assert entry["of_bound"] >= 0.7, entry

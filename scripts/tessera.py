@@ -17,7 +17,6 @@
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -146,29 +145,9 @@ def cmd_bench(args):
 
 
 def cmd_demo(args):
-    from rich.console import Console
-    from rtl.blocks import SLOW_BLOCKS, build_block
-    from rtl.config import TesseraConfig
-    from synth.flow import markdown_table
-
-    console = Console()
-    config = TesseraConfig()
-    console.print(f"[bold]Tessera[/bold], default configuration: {config.mesh_x}×{config.mesh_y} "
-                  f"tiles, {config.array_rows}×{config.array_cols} arrays, "
-                  f"{config.flit_width}-bit flits")
-    start = time.monotonic()
-    blocks = [b for b in _blocks("all") if b not in SLOW_BLOCKS]
-    for block in blocks:
-        text = verilog.convert(build_block(block, config), name=block, emit_src=False)
-        console.print(f"  elaborated {block:8} {text.count(chr(10)):6} lines of Verilog")
-    console.print(f"  not synthesized here (tens of minutes each): {', '.join(SLOW_BLOCKS)}; "
-                  f"see `tessera bench vector` and `tessera synth BLOCK --target ecp5`")
-    jobs = [(block, target, config) for block in blocks for target in ("ecp5", "ice40")]
-    results = _synthesize_all(jobs, progress=True)
-    console.print()
-    print(markdown_table(results))
-    console.print(f"done in {time.monotonic() - start:.0f} s; "
-                  "the first run of each YoWASP tool compiles it (about a minute)")
+    from scripts.demo import run
+    if not run(_config(args)):
+        sys.exit("the mesh's results differ from the golden model's")
 
 
 def main(argv=None):
@@ -200,8 +179,9 @@ def main(argv=None):
     p.add_argument("--no-synth", action="store_true",
                    help="vector: skip the ECP5 synthesis (about an hour) and its table")
     p.set_defaults(func=cmd_bench)
-    sub.add_parser("demo", help="the main job on the default configuration") \
-        .set_defaults(func=cmd_demo)
+
+    with_set(sub.add_parser("demo", help="the main job: SmolLM2 matmuls on the tile mesh in "
+                                         "RTL simulation")).set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
     try:

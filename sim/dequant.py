@@ -75,15 +75,16 @@ def matmul_operands(fmt, w_raw, x):
     return matmul_operands_q8(fmt, w_raw, x_codes, d_x)
 
 
-def matmul_operands_q8(fmt, w_raw, x_codes, d_x):
+def matmul_operands_q8(fmt, w_raw, x_codes, d_x, *, interleaved=False):
     """:func:`matmul_operands` for activations already quantized: Q8_0 codes ``x_codes``
-    (M × K integers) and raw fp16 block scales ``d_x`` (M × K/32), as the tile holds them."""
+    (M × K integers) and raw fp16 block scales ``d_x`` (M × K/32), as the tile holds them.
+    ``interleaved``: MXFP4 weights in the gpt-oss nibble order."""
     x_codes = np.asarray(x_codes, dtype=np.int64)
     rows = np.asarray(w_raw, dtype=np.uint8).reshape(np.asarray(w_raw).shape[0], -1)
     n, k = rows.shape[0], x_codes.shape[1]
     x_codes = x_codes.reshape(x_codes.shape[0], k // 32, 32)
     d_x = np.asarray(d_x, dtype=np.uint16)
-    blocks = split_blocks(fmt, rows)
+    blocks = split_blocks(fmt, rows, interleaved=interleaved and fmt == "MXFP4")
     elements = FORMATS[fmt][0]
     w_codes = code_values(fmt, blocks.codes).reshape(n, k // 32, 32)
     # A TQ2_0 block is eight 32-element blocks sharing one scale.
@@ -105,9 +106,9 @@ def matmul(fmt, w_raw, x):
     return _result(matmul_operands(fmt, w_raw, x))
 
 
-def matmul_q8(fmt, w_raw, x_codes, d_x):
+def matmul_q8(fmt, w_raw, x_codes, d_x, *, interleaved=False):
     """:func:`matmul` for activations already quantized to Q8_0 codes and raw fp16 scales."""
-    return _result(matmul_operands_q8(fmt, w_raw, x_codes, d_x))
+    return _result(matmul_operands_q8(fmt, w_raw, x_codes, d_x, interleaved=interleaved))
 
 
 def _result(ops):

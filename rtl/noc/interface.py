@@ -7,7 +7,8 @@ from amaranth.lib.wiring import In, Out
 from ..fifo import StreamFIFO
 from ..stream_rules import assert_stream_rules
 from .credit import CreditCounter
-from .flit import LENGTH_BITS, Link, check_depth, check_format, check_tile
+from .flit import (LENGTH_BITS, Link, Port, check_depth, check_format, check_tile,
+                   endpoint_port)
 
 
 __all__ = ["NetworkInterface"]
@@ -35,14 +36,18 @@ class NetworkInterface(wiring.Component):
     Parameters
     ----------
     fmt : :class:`~rtl.noc.flit.FlitFormat`
-    x, y : int
-        The tile's coordinates (0-based); sent as the source of every packet.
+    x, y : int or None
+        The tile's coordinates (0-based); sent as the source of every packet. None for an
+        interface at an edge endpoint (``field``).
     depth : int
         Flits in the receive buffer; also the router's input buffer depth (the credits this
         interface starts with).
     multicast : bool
         This tile is the mesh's multicast source. Elsewhere a multicast header is dropped like
         one addressed outside the mesh (the router would drop it too).
+    field : tuple of int or None
+        Field coordinates of the edge endpoint this interface serves instead of a tile (the
+        tile mesh's edge port); ``x`` and ``y`` must then be None.
 
     Members
     -------
@@ -64,9 +69,19 @@ class NetworkInterface(wiring.Component):
         Messages dropped, saturating.
     """
 
-    def __init__(self, fmt, x, y, depth, *, multicast=False):
+    def __init__(self, fmt, x, y, depth, *, multicast=False, field=None):
         check_format(fmt, "Network interface")
-        check_tile(fmt, x, y, "Network interface")
+        if field is None:
+            check_tile(fmt, x, y, "Network interface")
+            self._field = (x + 1, y + 1)
+        else:
+            if x is not None or y is not None:
+                raise ValueError(f"Network interface at an edge endpoint takes field, not x and "
+                                 f"y, not x={x!r} y={y!r}")
+            if endpoint_port(fmt, field, "Network interface field")[1] == Port.LOCAL:
+                raise ValueError(f"Network interface field must be an edge endpoint, not the "
+                                 f"tile at {tuple(field)!r}")
+            self._field = tuple(int(v) for v in field)
         check_depth(depth, "Network interface buffer depth")
         self._fmt, self._x, self._y, self._depth = fmt, x, y, depth
         self._multicast = bool(multicast)
@@ -138,8 +153,8 @@ class NetworkInterface(wiring.Component):
         head = Signal(fmt.header)
         m.d.comb += [
             head.eq(header),
-            head.src_x.eq(self._x + 1),
-            head.src_y.eq(self._y + 1),
+            head.src_x.eq(self._field[0]),
+            head.src_y.eq(self._field[1]),
         ]
 
         remaining = Signal(LENGTH_BITS)

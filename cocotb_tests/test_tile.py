@@ -1,0 +1,839 @@
+"""The compute tile (rtl/tiles/tile.py) under Verilator: micro-op programs sent to it as NoC
+packets, every reply packet compared in order, bit for bit, with the golden model's
+(sim/tile.py ``TileModel``).
+
+A *program* is a list of packets ``(src, kind, words)``; running each through one
+``TileModel`` in order gives the reply packets ``(dst, kind, words)`` the tile must send, in
+order (WRITEs execute as they arrive; MATMUL, SEND, DONE and the reports of bad packets are
+queued and answered in the packets' order). The testbench offers a program's packets as the
+network interface does (a header on ``i_header``, then its words on ``i``) with random idle
+cycles, takes ``o_header`` and ``o`` with random stalls, cuts the replies into packets by their
+headers' ``length`` and compares them with the model's: destination (field coordinates,
+``last`` = ``dst``, no multicast), kind, ``length`` and every word. Then it waits for ``busy``
+low, checks that nothing more arrives and that the sticky ``errors`` equal the model's.
+
+Programs:
+
+- per weight format: random gguf weights N = 2 tiles × G, K = 96 (TQ2_0: 256), gguf Q8_0
+  activations of M = 1 and M = 5 rows (shared weights), WRITTEN in packets of at most 255
+  words, two MATMULs, their results SENT back in packets of at most 254 words, a DONE; the
+  model's results are first held to ``sim.dequant.matmul_q8`` on the same operands, so the
+  SEND replies are checked against the matmul itself;
+- back to back: a region WRITTEN and SENT back at once; two MATMULs queued (M = 8, a strided
+  result), their SENDs, and a burst of SENDs and DONEs from several endpoints that overfills
+  the queue, at full rate and under heavy stalls;
+- every kind of bad micro-op on its own between good ones (each must set its flag and be
+  answered with the model's ERROR word; ``clear`` then clears it) and the limits that are not
+  errors (regions ending exactly at the end of the SRAM).
+
+Operand words carry random junk in the bits no field uses, which the tile must ignore.
+
+``test_tile_edge_cases`` runs the cases where this testbench first found the RTL and the model
+apart (:func:`edge_case_programs`), settled since: they stay as regression tests. (A MATMUL
+whose results overwrite its own operands was a sixth; the micro-op rules now forbid it.)
+"""
+
+import random
+from dataclasses import dataclass, field
+
+import cocotb
+import numpy as np
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from gguf import GGMLQuantizationType
+from gguf.quants import quantize
+
+from rtl.config import WEIGHT_FORMATS, mode_code
+from sim.dequant import matmul_q8
+from sim.gguf_blocks import code_values, split_blocks
+from sim.tile import (FIELDS, Error, Kind, TileGeometry, TileModel, activation_layout,
+                      done_packet, matmul_packet, send_packet, weight_layout)
+
+from cocotb_tests import harness
+from cocotb_tests.streams import StreamSink, StreamSource, Watchdog, make_rng, start_clock_and_reset
+
+
+#: The west edge endpoint of row 0 (field coordinates): the default sender.
+SENDER = (0, 1)
+#: Data words per WRITE packet (255 words with the address; a packet has at most 255).
+MAX_WRITE = 254
+#: Words per SEND (its reply is a WRITE of 255 words with ``dst_addr``).
+MAX_SEND = 254
+#: Cycles without any port moving before a program is declared stuck (a MATMUL runs silently).
+QUIET_LIMIT = 20000
+
+
+# ---- Operands ----------------------------------------------------------------------------------
+
+def random_weights(rng, fmt, n, k):
+    """``n × k`` random float32 weights quantized by gguf (as in test_dequant.py)."""
+    w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 1.0, (n, 1))).astype(np.float32)
+    return quantize(w, getattr(GGMLQuantizationType, fmt))
+
+
+def quantize_activations(x):
+    """Q8_0 codes (M × K) and raw fp16 block scales (M × K/32) of ``x`` by gguf."""
+    x = np.asarray(x, dtype=np.float32)
+    blocks = split_blocks("Q8_0", quantize(x, GGMLQuantizationType.Q8_0))
+    codes = code_values("Q8_0", blocks.codes).reshape(x.shape)
+    return codes, blocks.d.view(np.uint16).reshape(x.shape[0], x.shape[1] // 32)
+
+
+def with_junk(kind, words, prng, word_bits):
+    """``words`` with random bits wherever no field of ``kind`` lies."""
+    used = [0] * len(words)
+    for w, offset, width in FIELDS[kind].values():
+        used[w] |= ((1 << width) - 1) << offset
+    return [int(v) | (prng.getrandbits(word_bits) & ~used[i]) for i, v in enumerate(words)]
+
+
+def f32(bits_):
+    return float(np.uint32(bits_ & 0xFFFFFFFF).view(np.float32))
+
+
+# ---- Programs ----------------------------------------------------------------------------------
+
+@dataclass
+class Program:
+    """Packets to send and the model's replies to them. ``replies`` holds
+    ``(dst, kind, words, packet index)``; ``errors`` is the model's sticky flags after the last
+    packet; ``clear`` pulses the tile's ``clear`` (and clears the model's) afterwards;
+    ``overlap`` offers the words independently of the headers (:class:`Bench`)."""
+    label: str
+    model: TileModel
+    prng: random.Random
+    idle: float = 0.3
+    stall: float = 0.3
+    packets: list = field(default_factory=list)
+    replies: list = field(default_factory=list)
+    errors: int = 0
+    clear: bool = False
+    overlap: bool = False
+
+    @property
+    def word_bits(self):
+        return self.model.geometry.word_bits
+
+    def add(self, kind, words, src=SENDER):
+        """Send one packet; returns the model's replies to it."""
+        index = len(self.packets)
+        src = tuple(int(v) for v in src)
+        words = [int(w) for w in words]
+        self.packets.append((src, int(kind), words))
+        new = [(tuple(int(v) for v in dst), int(k), [int(v) for v in w], index)
+               for dst, k, w in self.model.receive(kind, words, src)]
+        self.replies += new
+        return new
+
+    def write(self, addr, data, src=SENDER, *, split=True):
+        """WRITE ``data`` from ``addr`` in packets of at most MAX_WRITE data words (random sizes
+        when ``split``), the address words with junk above their 32 bits."""
+        data = [int(d) for d in data]
+        start = 0
+        while start < len(data):
+            count = MAX_WRITE
+            if split and self.prng.random() < 0.5:
+                count = self.prng.randint(1, MAX_WRITE)
+            count = min(count, len(data) - start)
+            junk = self.prng.getrandbits(self.word_bits - 32) << 32
+            assert not self.add(Kind.WRITE, [(addr + start) | junk] + data[start:start + count],
+                                src)
+            start += count
+
+    def send(self, addr, count, dst=SENDER, src=SENDER, *, largest=MAX_SEND):
+        """SEND ``count`` words from ``addr`` to ``dst`` in SENDs of at most ``largest`` words;
+        returns the words the replies carry."""
+        got = []
+        start = 0
+        while start < count:
+            n = min(largest if self.prng.random() < 0.5 else self.prng.randint(1, largest),
+                    count - start)
+            kind, words = send_packet(addr=addr + start, count=n, dst_x=dst[0], dst_y=dst[1],
+                                      dst_addr=self.prng.getrandbits(32))
+            (reply,) = self.add(kind, with_junk(kind, words, self.prng, self.word_bits), src)
+            assert reply[0] == tuple(dst) and reply[1] == Kind.WRITE and len(reply[2]) == n + 1
+            got += reply[2][1:]
+            start += n
+        return got
+
+    def done(self, src=SENDER):
+        tag = self.prng.getrandbits(32)
+        kind, words = done_packet(tag)
+        (reply,) = self.add(kind, with_junk(kind, words, self.prng, self.word_bits), src)
+        assert reply == (tuple(src), Kind.DONE, [tag], len(self.packets) - 1)
+
+    def finish(self, clear=False):
+        self.errors = self.model.errors
+        self.clear = clear
+        if clear:
+            self.model.errors = 0
+        return self
+
+
+class Regions:
+    """SRAM regions one after the other from ``start``, random gaps between them."""
+
+    def __init__(self, prng, end, start=0):
+        self.prng, self.end = prng, end
+        self.cursor = start + prng.randrange(0, 40)
+
+    def take(self, n):
+        addr = self.cursor + self.prng.randrange(0, 24)
+        self.cursor = addr + n
+        assert self.cursor <= self.end, f"regions overflow the SRAM ({self.cursor} words)"
+        return addr
+
+
+@dataclass
+class Job:
+    """y = W · x of one format on random operands, and where its regions lie."""
+    fmt: str
+    m: int
+    tiles: int
+    blocks: int
+    n: int
+    w_raw: np.ndarray
+    codes: np.ndarray
+    d_x: np.ndarray
+    expected: np.ndarray            # M × N binary32 bits, from sim.dequant.matmul_q8
+    w_words: list
+    x_words: list
+    xs_words: list
+    w_addr: int = 0
+    x_addr: int = 0
+    xs_addr: int = 0
+    y_addr: int = 0
+    y_stride: int = 0
+
+    def fields(self, **overrides):
+        f = {"mode": mode_code(self.fmt), "interleaved": 0, "blocks": self.blocks,
+             "tiles": self.tiles, "rows": self.m, "w_addr": self.w_addr, "x_addr": self.x_addr,
+             "xs_addr": self.xs_addr, "y_addr": self.y_addr, "y_stride": self.y_stride}
+        f.update(overrides)
+        return f
+
+    def describe(self):
+        return (f"{self.fmt} M={self.m} N={self.n} K={32 * self.blocks} (w@{self.w_addr}, "
+                f"x@{self.x_addr}, xs@{self.xs_addr}, y@{self.y_addr} stride {self.y_stride})")
+
+
+def make_job(geometry, nrng, fmt, m, *, tiles=2, blocks=None, w_raw=None):
+    blocks = blocks or (8 if fmt == "TQ2_0" else 3)
+    n, k = tiles * geometry.outputs_per_tile(fmt), 32 * blocks
+    if w_raw is None:
+        w_raw = random_weights(nrng, fmt, n, k)
+    x = (nrng.standard_normal((m, k)) * nrng.uniform(0.1, 4.0, (m, 1))).astype(np.float32)
+    if m > 1:
+        x[m - 1, :32] = 0       # an all-zero activation block: d = 0, sum = 0
+    codes, d_x = quantize_activations(x)
+    x_words, xs_words = activation_layout(geometry, codes, d_x)
+    return Job(fmt, m, tiles, blocks, n, w_raw, codes, d_x,
+               matmul_q8(fmt, w_raw, codes, d_x).view(np.uint32).reshape(m, n),
+               weight_layout(geometry, fmt, w_raw), x_words, xs_words, y_stride=n)
+
+
+def with_weights(geometry, job, w_raw):
+    """``job`` with other weights (same shape)."""
+    job.w_raw = w_raw
+    job.w_words = weight_layout(geometry, job.fmt, w_raw)
+    job.expected = matmul_q8(job.fmt, w_raw, job.codes, job.d_x).view(np.uint32) \
+        .reshape(job.m, job.n)
+    return job
+
+
+def load(prog, job, regions, src=SENDER, *, weights=True, y_addr=None):
+    """Place the job's regions and WRITE its operands (in random order)."""
+    if weights:
+        job.w_addr = regions.take(len(job.w_words))
+    job.x_addr = regions.take(len(job.x_words))
+    job.xs_addr = regions.take(len(job.xs_words))
+    job.y_addr = (regions.take((job.m - 1) * job.y_stride + job.n) if y_addr is None
+                  else y_addr)
+    writes = [(job.x_addr, job.x_words), (job.xs_addr, job.xs_words)]
+    if weights:
+        writes.append((job.w_addr, job.w_words))
+    prog.prng.shuffle(writes)
+    for addr, words in writes:
+        prog.write(addr, words, src)
+
+
+def matmul(prog, job, src=SENDER):
+    """Queue the job's MATMUL; the model's results must be sim.dequant.matmul_q8's."""
+    kind, words = matmul_packet(**job.fields())
+    assert not prog.add(kind, with_junk(kind, words, prog.prng, prog.word_bits), src)
+    sram = prog.model.sram
+    for r in range(job.m):
+        base = job.y_addr + r * job.y_stride
+        got = [int(v) for v in sram[base:base + job.n]]
+        assert got == [int(v) for v in job.expected[r]], \
+            f"the model's MATMUL differs from sim.dequant.matmul_q8: {job.describe()} row {r}"
+
+
+def send_results(prog, job, dst=SENDER, src=SENDER):
+    """SEND the job's results to ``dst``: the whole region when its rows are contiguous, else
+    row by row; the replies must carry matmul_q8's results."""
+    if job.y_stride == job.n:
+        got = prog.send(job.y_addr, job.m * job.n, dst, src)
+    else:
+        got = []
+        for r in range(job.m):
+            got += prog.send(job.y_addr + r * job.y_stride, job.n, dst, src)
+    assert got == [int(v) for v in job.expected.reshape(-1)]
+
+
+def endpoints(mesh_x, mesh_y):
+    """Field coordinates of every tile and edge endpoint of the mesh (the senders)."""
+    tiles = [(x, y) for x in range(1, mesh_x + 1) for y in range(1, mesh_y + 1)]
+    edges = ([(0, y) for y in range(1, mesh_y + 1)] + [(mesh_x + 1, y)
+                                                        for y in range(1, mesh_y + 1)]
+             + [(x, 0) for x in range(1, mesh_x + 1)] + [(x, mesh_y + 1)
+                                                         for x in range(1, mesh_x + 1)])
+    return edges + tiles
+
+
+def format_programs(geometry, model, nrng, prng, senders):
+    """Per weight format: M = 1 and M = 5 on shared weights, written, multiplied, sent back."""
+    programs = []
+    rates = [(0.3, 0.3), (0.0, 0.0), (0.5, 0.2), (0.2, 0.6), (0.3, 0.3)]
+    for index, fmt in enumerate(WEIGHT_FORMATS):
+        src = SENDER if index == 0 else prng.choice(senders)
+        idle, stall = rates[index % len(rates)]
+        prog = Program(f"{fmt} program (from {src}, idle {idle}, stall {stall})", model, prng,
+                       idle, stall)
+        regions = Regions(prng, geometry.words, start=prng.randrange(0, 1024))
+        first = make_job(geometry, nrng, fmt, 1)
+        second = make_job(geometry, nrng, fmt, 5, w_raw=first.w_raw)
+        load(prog, first, regions, src)
+        second.w_addr = first.w_addr
+        load(prog, second, regions, src, weights=False)
+        matmul(prog, first, src)
+        send_results(prog, first, src, src)
+        matmul(prog, second, src)
+        send_results(prog, second, src, src)
+        prog.done(src)
+        prog.label += f": {first.describe()}; {second.describe()}"
+        programs.append(prog.finish())
+    return programs
+
+
+def back_to_back_programs(geometry, model, nrng, prng, senders):
+    programs = []
+    size = geometry.words
+    # A region written and sent back at once, with nothing queued: the SEND's reads follow
+    # the last written word within a few cycles. Then one word, and the last words of the SRAM.
+    # (A program must not WRITE what a queued SEND still reads: each WRITE a region of its own.)
+    prog = Program("WRITE then SEND at once (full rate)", model, prng, 0.0, 0.0)
+    addr = prng.randrange(0, size - 2 * MAX_WRITE - 16)
+    data = [prng.getrandbits(prog.word_bits) for _ in range(MAX_WRITE)]
+    prog.write(addr, data, split=False)
+    assert prog.send(addr, MAX_WRITE, largest=MAX_SEND) == data
+    prog.write(addr + MAX_WRITE + 7, [prng.getrandbits(prog.word_bits)], split=False)
+    prog.send(addr + MAX_WRITE + 7, 1)
+    prog.write(size - 10, [prng.getrandbits(prog.word_bits) for _ in range(10)], split=False)
+    prog.send(size - 10, 10)
+    prog.done()
+    programs.append(prog.finish())
+
+    for label, idle, stall in (("full rate", 0.0, 0.0), ("heavy stalls", 0.5, 0.7)):
+        prog = Program(f"back to back ({label})", model, prng, idle, stall)
+        regions = Regions(prng, size, start=prng.randrange(0, 512))
+        fmt_a, fmt_b = prng.sample(WEIGHT_FORMATS, 2)
+        a = make_job(geometry, nrng, fmt_a, geometry.rows, tiles=2)
+        b = make_job(geometry, nrng, fmt_b, 3, tiles=1)
+        b.y_stride = b.n + 5
+        load(prog, a, regions)
+        load(prog, b, regions)
+        matmul(prog, a)
+        matmul(prog, b)
+        send_results(prog, a)
+        send_results(prog, b)
+        prog.done()
+        # More queued micro-ops than the queue holds, from several endpoints.
+        for _ in range(14):
+            src = prng.choice(senders)
+            if prng.random() < 0.5:
+                prog.done(src)
+            else:
+                count = prng.randint(1, 3)
+                prog.send(a.y_addr + prng.randrange(0, a.m * a.n - count), count,
+                          prng.choice(senders), src)
+        prog.done()
+        prog.label += f": {a.describe()}; {b.describe()}"
+        programs.append(prog.finish())
+    return programs
+
+
+def bad_programs(geometry, model, nrng, prng, senders):
+    """Each bad micro-op on its own between good ones, then ``clear``; and the limits that are
+    not errors."""
+    size = geometry.words
+    programs = []
+    setup = Program("bad micro-ops: setup", model, prng)
+    regions = Regions(prng, size - 512)
+    jobs = [make_job(geometry, nrng, "Q4_1", 3, tiles=1, blocks=2),
+            make_job(geometry, nrng, "TQ2_0", 2, tiles=1, blocks=8)]
+    load(setup, jobs[0], regions)
+    # The second job's results end exactly at the end of the SRAM.
+    load(setup, jobs[1], regions, y_addr=size - 2 * jobs[1].n)
+    setup.done()
+    programs.append(setup.finish())
+
+    q4 = jobs[0]
+    w_end = len(q4.w_words)
+
+    def mm(**overrides):
+        return matmul_packet(**q4.fields(**overrides))
+
+    def snd(**fields):
+        return send_packet(**{"dst_x": SENDER[0], "dst_y": SENDER[1], **fields})
+
+    noise = lambda n: [prng.getrandbits(geometry.word_bits) for _ in range(n)]  # noqa: E731
+    bad = [
+        ("unknown kind 7 with 2 words", (7, noise(2)), Error.KIND),
+        ("unknown kind 4 with no words", (4, []), Error.KIND),
+        ("an ERROR packet sent to the tile", (Kind.ERROR, noise(1)), Error.KIND),
+        ("unknown kind 14 with 40 words", (14, noise(40)), Error.KIND),
+        ("MATMUL with 3 words", (Kind.MATMUL, mm()[1][:3]), Error.LENGTH),
+        ("MATMUL with 5 words", (Kind.MATMUL, mm()[1] + noise(1)), Error.LENGTH),
+        ("SEND with 1 word", (Kind.SEND, snd(addr=0, count=1)[1][:1]), Error.LENGTH),
+        ("DONE with 0 words", (Kind.DONE, []), Error.LENGTH),
+        ("DONE with 2 words", (Kind.DONE, noise(2)), Error.LENGTH),
+        ("WRITE with 0 words", (Kind.WRITE, []), Error.LENGTH),
+        ("WRITE beyond the SRAM", (Kind.WRITE, [size - 6] + noise(10)), Error.RANGE),
+        ("WRITE one word beyond the SRAM", (Kind.WRITE, [size - 9] + noise(10)), Error.RANGE),
+        ("WRITE far beyond the SRAM", (Kind.WRITE, [0xFFFFFFF0] + noise(20)), Error.RANGE),
+        ("SEND beyond the SRAM", snd(addr=size - 100, count=101), Error.RANGE),
+        ("SEND far beyond the SRAM", snd(addr=0xFFFFFF00, count=1), Error.RANGE),
+        ("SEND of 0 words", snd(addr=0, count=0), Error.RANGE),
+        ("MATMUL rows 0", mm(rows=0), Error.SHAPE),
+        ("MATMUL rows 9", mm(rows=geometry.rows + 1), Error.SHAPE),
+        ("MATMUL blocks 0", mm(blocks=0), Error.SHAPE),
+        ("MATMUL tiles 0", mm(tiles=0), Error.SHAPE),
+        ("MATMUL mode 5", mm(mode=5), Error.SHAPE),
+        ("MATMUL mode 7", mm(mode=7), Error.SHAPE),
+        ("MATMUL TQ2_0 with 4 blocks", mm(mode=mode_code("TQ2_0"), blocks=4), Error.SHAPE),
+        ("MATMUL rows 0 and a region beyond the SRAM (shape first)",
+         mm(rows=0, y_addr=size), Error.SHAPE),
+        ("MATMUL weights beyond the SRAM", mm(w_addr=size - w_end + 1), Error.RANGE),
+        ("MATMUL activations beyond the SRAM", mm(x_addr=size - 32 * q4.blocks + 1),
+         Error.RANGE),
+        ("MATMUL scales beyond the SRAM",
+         mm(xs_addr=size - geometry.xs_words * q4.blocks + 1), Error.RANGE),
+        ("MATMUL results beyond the SRAM", mm(y_addr=size - q4.n + 1, rows=1), Error.RANGE),
+        ("MATMUL results beyond the SRAM by their stride", mm(y_addr=0, y_stride=2100),
+         Error.RANGE),
+        ("MATMUL far beyond the SRAM", mm(x_addr=0xFFFFFFFF), Error.RANGE),
+        ("MATMUL with more tiles than the weights fit", mm(tiles=0xFFFF, blocks=0xFFFF),
+         Error.RANGE),
+    ]
+    for index, (label, (kind, words), bit) in enumerate(bad):
+        idle, stall = prng.choice([(0.3, 0.3), (0.0, 0.0), (0.5, 0.5)])
+        prog = Program(f"bad micro-op: {label}", model, prng, idle, stall)
+        good = jobs[index % 2]
+        # Stale results cannot pass for the good MATMUL's.
+        prog.write(good.y_addr, noise((good.m - 1) * good.y_stride + good.n))
+        prog.done(prng.choice(senders))
+        src = prng.choice(senders)
+        replies = prog.add(kind, words, src)
+        want = (src, Kind.ERROR, [(1 << bit) | (int(kind) << 8)], len(prog.packets) - 1)
+        assert replies == [want], f"{label}: the model answers {replies}, not {want}"
+        matmul(prog, good)
+        send_results(prog, good)
+        prog.done()
+        prog.label += f" (from {src}, idle {idle}, stall {stall}; then {good.describe()})"
+        programs.append(prog.finish(clear=True))
+        assert prog.errors == 1 << bit
+
+    # Limits that are not errors.
+    prog = Program("limits that are not errors", model, prng)
+    prog.write(size - 10, noise(10))
+    prog.write(size - MAX_WRITE, noise(MAX_WRITE), split=False)
+    prog.add(Kind.WRITE, [100])             # an address and no data: nothing written
+    prog.add(Kind.WRITE, [size])            # ... even at the end of the SRAM
+    prog.send(size - MAX_SEND, MAX_SEND, largest=MAX_SEND)
+    prog.send(size - 1, 1)
+    for good in jobs:
+        matmul(prog, good)
+        send_results(prog, good)
+    prog.done()
+    programs.append(prog.finish())
+    assert prog.errors == 0
+    return programs
+
+
+def edge_case_programs(geometry, model, nrng, prng, senders):
+    """Where this testbench first found the RTL and the model apart (each program's replies
+    are the model's)."""
+    size = geometry.words
+    noise = lambda n: [prng.getrandbits(geometry.word_bits) for _ in range(n)]  # noqa: E731
+    programs = []
+
+    # 1. A WRITE of an address beyond the SRAM with no data writes nothing: no error.
+    prog = Program("WRITE of address size + 904 and no data", model, prng)
+    prog.add(Kind.WRITE, [size + 904])
+    prog.done()
+    programs.append(prog.finish(clear=True))
+
+    # 2. A SEND of 255 words: its answer would have 256 words, more than a packet holds, so
+    #    it is a RANGE error.
+    prog = Program("SEND of 255 words", model, prng)
+    addr = prng.randrange(0, size - 300)
+    prog.write(addr, noise(255))
+    prog.add(*send_packet(addr=addr, count=255, dst_x=SENDER[0], dst_y=SENDER[1],
+                          dst_addr=prng.getrandbits(32)))
+    prog.done()
+    programs.append(prog.finish(clear=True))
+
+    # 3. MXFP4 with interleaved = 1: gpt-oss's nibble order.
+    job = make_job(geometry, nrng, "MXFP4", 2, tiles=1, blocks=2)
+    prog = Program("MXFP4 MATMUL with interleaved = 1", model, prng)
+    load(prog, job, Regions(prng, size))
+    prog.add(*matmul_packet(**job.fields(interleaved=1)))
+    prog.send(job.y_addr, job.m * job.n)
+    prog.done()
+    programs.append(prog.finish(clear=True))
+
+    # 4. A weight block with a non-finite scale: IEEE results, and ERROR (ENGINE | MATMUL << 8)
+    #    after the MATMUL.
+    job = make_job(geometry, nrng, "Q4_1", 2, tiles=1, blocks=2)
+    w = np.array(job.w_raw)
+    w[0, 0:2] = np.frombuffer(np.float16(np.inf).tobytes(), np.uint8)
+    job = with_weights(geometry, job, w)
+    prog = Program("Q4_1 MATMUL with d = +inf in one weight block", model, prng)
+    load(prog, job, Regions(prng, size))
+    assert prog.add(*matmul_packet(**job.fields()))     # the ENGINE error
+    send_results(prog, job)
+    prog.done()
+    programs.append(prog.finish(clear=True))
+
+    # 5. Packets of no words with a word of the next packet already waiting on ``i`` (which the
+    #    network interface never does): draining nothing must not take that word.
+    for kind, label in ((4, "unknown kind 4"), (Kind.DONE, "DONE")):
+        prog = Program(f"{label} with no words, the next words already offered", model, prng,
+                       idle=0.0, stall=0.0, overlap=True)
+        prog.add(kind, [])
+        prog.done()
+        prog.done()
+        programs.append(prog.finish(clear=True))
+    return programs
+
+
+PROGRAMS = {"programs": lambda *a: format_programs(*a) + back_to_back_programs(*a),
+            "bad_micro_ops": bad_programs,
+            "edge_cases": edge_case_programs}
+
+
+def build_programs(which, geometry, seed, mesh):
+    model = TileModel(geometry)
+    nrng = np.random.default_rng(seed)
+    prng = random.Random(seed ^ 0x5EED)
+    return PROGRAMS[which](geometry, model, nrng, prng, endpoints(*mesh))
+
+
+# ---- Driving and checking ----------------------------------------------------------------------
+
+def pack(values, layout):
+    word = 0
+    for name, value in values.items():
+        offset, width = layout[name]
+        value = int(value)
+        assert 0 <= value < 1 << width, f"{name} = {value} does not fit {width} bits"
+        word |= value << offset
+    return word
+
+
+def unpack(word, layout):
+    return {name: (int(word) >> offset) & ((1 << width) - 1)
+            for name, (offset, width) in layout.items()}
+
+
+def kind_name(kind):
+    try:
+        return Kind(kind).name
+    except ValueError:
+        return f"kind {kind}"
+
+
+def describe_packet(packet):
+    src, kind, words = packet
+    shown = ", ".join(f"{w:#x}" for w in words[:5]) + (", ..." if len(words) > 5 else "")
+    return f"{kind_name(kind)} from {src}, {len(words)} words [{shown}]"
+
+
+def describe_word(kind, index, value):
+    if kind == Kind.WRITE and index > 0:
+        return f"{value:#018x} (low half {f32(value):.9g})"
+    return f"{value:#x}"
+
+
+class Bench:
+    """The tile's four streams: a program's packets in, its replies collected throughout.
+
+    The packets go in as the network interface (rtl/noc/interface.py) offers them: a header on
+    ``i_header``, then its words on ``i``, then the next header, each beat after a random idle.
+    With ``overlap`` (the bench's or a program's) the headers and the words are offered
+    independently instead, so the words of a packet can wait on ``i`` before the tile has taken
+    its header. ``quiet``: cycles without any port moving before a program is declared stuck.
+    """
+
+    def __init__(self, dut, rng, offsets, overlap=False, quiet=QUIET_LIMIT):
+        self.dut, self.rng, self.offsets, self.overlap = dut, rng, offsets, overlap
+        self.quiet = quiet
+        dut.clear.value = 0
+        dut.i_header__valid.value = 0
+        dut.i__valid.value = 0
+        self.headers = StreamSink(dut, "o_header", rng)
+        self.words = StreamSink(dut, "o", rng)
+        self.watchdog = Watchdog(dut.clk, limit=2 * QUIET_LIMIT)
+
+    def start(self):
+        for coroutine in (self.headers.run(), self.words.run(), self.watchdog.run()):
+            cocotb.start_soon(coroutine)
+
+    def encode(self, program):
+        o = self.offsets
+        headers, words = [], []
+        for src, kind, data in program.packets:
+            header = pack({"dst_x": 1, "dst_y": 1, "last_x": 1, "last_y": 1, "src_x": src[0],
+                           "src_y": src[1], "multicast": 0, "kind": kind,
+                           "length": len(data)}, o["header"])
+            headers.append(pack({"header": header, "poison": 0}, o["rx"]))
+            for i, value in enumerate(data):
+                words.append(pack({"data": value, "last": int(i == len(data) - 1),
+                                   "poison": 0}, o["word"]))
+        return headers, words
+
+    @staticmethod
+    async def in_order(h_src, w_src, headers, words, program):
+        """As the network interface offers them: a header, then its words, then the next."""
+        start = 0
+        for header, (_, _, data) in zip(headers, program.packets):
+            await h_src.send([header])
+            await w_src.send(words[start:start + len(data)])
+            start += len(data)
+
+    def received(self, h0, w0):
+        """Reply packets from header ``h0`` and word ``w0`` on: (header fields, words)."""
+        packets, used = [], w0
+        for h in self.headers.received[h0:]:
+            f = unpack(h, self.offsets["header"])
+            if used + f["length"] > len(self.words.received):
+                break
+            packets.append((f, self.words.received[used:used + f["length"]]))
+            used += f["length"]
+        return packets
+
+    async def errors(self):
+        await ReadOnly()
+        value = int(self.dut.errors.value)
+        await RisingEdge(self.dut.clk)
+        return value
+
+    async def run(self, program):
+        """Send the program, check its replies and the errors; returns its cycles."""
+        dut = self.dut
+        headers, words = self.encode(program)
+        h0, w0 = len(self.headers.received), len(self.words.received)
+        self.headers.stall = self.words.stall = program.stall
+        h_src = StreamSource(dut, "i_header", self.rng, idle=program.idle)
+        w_src = StreamSource(dut, "i", self.rng, idle=program.idle)
+        if self.overlap or program.overlap:
+            tasks = [cocotb.start_soon(h_src.send(headers)),
+                     cocotb.start_soon(w_src.send(words))]
+        else:
+            tasks = [cocotb.start_soon(self.in_order(h_src, w_src, headers, words, program))]
+        try:
+            return await self._check(program, h_src, w_src, headers, words, h0, w0)
+        finally:
+            for task in tasks:
+                task.cancel()
+            dut.i_header__valid.value = 0
+            dut.i__valid.value = 0
+
+    async def _check(self, program, h_src, w_src, headers, words, h0, w0):
+        dut, label, limit = self.dut, program.label, self.quiet
+        want_h = len(program.replies)
+        want_w = sum(len(w) for _, _, w, _ in program.replies)
+
+        def state():
+            return (f"headers in {h_src.sent}/{len(headers)}, words in {w_src.sent}/"
+                    f"{len(words)}, reply headers {len(self.headers.received) - h0}/{want_h}, "
+                    f"reply words {len(self.words.received) - w0}/{want_w}")
+
+        progress, quiet, cycles = None, 0, 0
+        while (h_src.sent < len(headers) or w_src.sent < len(words)
+               or len(self.headers.received) - h0 < want_h
+               or len(self.words.received) - w0 < want_w):
+            await RisingEdge(dut.clk)
+            cycles += 1
+            now = (h_src.sent, w_src.sent, len(self.headers.received),
+                   len(self.words.received))
+            if now != progress:
+                progress, quiet = now, 0
+                self.watchdog.kick()
+            else:
+                quiet += 1
+                if quiet >= limit:
+                    got = self.received(h0, w0)
+                    self.compare(program, got, partial=True)
+                    raise AssertionError(f"{label}: nothing moved for {limit} cycles: "
+                                         f"{state()}")
+        # Everything expected has arrived: the tile must go idle and send nothing more.
+        self.headers.stall = self.words.stall = 0.0
+        for _ in range(limit):
+            await ReadOnly()
+            if not int(dut.busy.value):
+                break
+            await RisingEdge(dut.clk)
+            self.watchdog.kick()
+        else:
+            raise AssertionError(f"{label}: busy still high after the last reply; {state()}")
+        await RisingEdge(dut.clk)
+        await ClockCycles(dut.clk, 32)
+        got = self.received(h0, w0)
+        self.compare(program, got)
+        extra_h = len(self.headers.received) - h0 - want_h
+        extra_w = len(self.words.received) - w0 - want_w
+        assert not (extra_h or extra_w), (f"{label}: {extra_h} reply headers and {extra_w} "
+                                          f"words more than the model's; {state()}")
+        errors = await self.errors()
+        assert errors == program.errors, (f"{label}: errors {errors:#04x}, the model's "
+                                          f"{program.errors:#04x}")
+        if program.clear:
+            dut.clear.value = 1
+            await RisingEdge(dut.clk)
+            dut.clear.value = 0
+            await RisingEdge(dut.clk)
+            errors = await self.errors()
+            assert errors == 0, f"{label}: errors {errors:#04x} after clear"
+        dut._log.info(f"{label}: {len(program.packets)} packets, {want_h} replies "
+                      f"({want_w} words) match in {cycles} cycles")
+        return cycles
+
+    def compare(self, program, got, partial=False):
+        label = program.label
+        for index, (expected, (f, words)) in enumerate(zip(program.replies, got)):
+            dst, kind, want, origin = expected
+            problems = []
+            if (f["dst_x"], f["dst_y"]) != dst:
+                problems.append(f"dst {(f['dst_x'], f['dst_y'])}, expected {dst}")
+            if (f["last_x"], f["last_y"]) != dst or f["multicast"]:
+                problems.append(f"last {(f['last_x'], f['last_y'])} multicast "
+                                f"{f['multicast']}, expected last {dst} and no multicast")
+            if f["kind"] != kind:
+                problems.append(f"kind {kind_name(f['kind'])}, expected {kind_name(kind)}")
+            if f["length"] != len(want):
+                problems.append(f"length {f['length']}, expected {len(want)}")
+            if words != want:
+                bad = [i for i, (g, w) in enumerate(zip(words, want)) if g != w]
+                if bad:
+                    i = bad[0]
+                    problems.append(f"{len(bad)} of {len(want)} words differ, first word {i}: "
+                                    f"got {describe_word(kind, i, words[i])}, expected "
+                                    f"{describe_word(kind, i, want[i])}")
+            if problems:
+                raise AssertionError(
+                    f"{label}: reply {index} of {len(program.replies)} (to packet {origin}: "
+                    f"{describe_packet(program.packets[origin])}): " + "; ".join(problems))
+        if len(got) != len(program.replies) and not partial:
+            summary = lambda items: [kind_name(k) for k in items]  # noqa: E731
+            raise AssertionError(
+                f"{label}: {len(got)} replies, the model's {len(program.replies)}: got kinds "
+                f"{summary(f['kind'] for f, _ in got)}, expected "
+                f"{summary(k for _, k, _, _ in program.replies)}")
+
+
+async def run_all(dut, which):
+    p = harness.params()
+    seed = harness.seed()
+    rng = make_rng(seed)
+    bench = Bench(dut, rng, p["offsets"], overlap=p.get("overlap", False))
+    await start_clock_and_reset(dut)
+    await ClockCycles(dut.clk, 2)
+    bench.start()
+    programs = build_programs(which, TileGeometry(**p["geometry"]), seed, p["mesh"])
+    total = 0
+    for program in programs:
+        total += await bench.run(program)
+    dut._log.info(f"{len(programs)} programs in {total} cycles")
+
+
+@cocotb.test()
+async def programs(dut):
+    """Parameters: ``offsets`` (:func:`_offsets`), ``geometry`` (TileGeometry's fields),
+    ``mesh`` (mesh_x, mesh_y)."""
+    await run_all(dut, "programs")
+
+
+@cocotb.test()
+async def bad_micro_ops(dut):
+    await run_all(dut, "bad_micro_ops")
+
+
+@cocotb.test()
+async def edge_cases(dut):
+    await run_all(dut, "edge_cases")
+
+
+# ---- pytest ------------------------------------------------------------------------------------
+
+def _config():
+    from rtl.config import TesseraConfig
+    return TesseraConfig()
+
+
+def _offsets(fmt):
+    from amaranth.hdl import Shape
+    from rtl.noc.interface import NetworkInterface
+
+    def fields(layout):
+        return {name: [f.offset, Shape.cast(f.shape).width] for name, f in layout}
+
+    return {"header": fields(fmt.header),
+            "rx": fields(NetworkInterface.received_header_layout(fmt)),
+            "word": fields(NetworkInterface.word_layout(fmt))}
+
+
+def _params(config):
+    from dataclasses import asdict
+    from rtl.noc.flit import FlitFormat
+    fmt = FlitFormat.from_config(config)
+    return {"offsets": _offsets(fmt), "geometry": asdict(TileGeometry.from_config(config)),
+            "mesh": [fmt.mesh_x, fmt.mesh_y]}
+
+
+def _run(testcase):
+    from rtl.tiles.tile import Tile
+    config = _config()
+    harness.run(Tile(config), toplevel="tile", test_module="cocotb_tests.test_tile",
+                testcase=testcase, parameters=_params(config), quick_build=True)
+
+
+def test_encodings_agree():
+    # The RTL's opcodes and error bits are the model's.
+    from rtl.tiles import tile as rtl_tile
+    assert {k.name: k.value for k in rtl_tile.Kind} == {k.name: k.value for k in Kind}
+    assert {e.name: e.value for e in rtl_tile.Error} == {e.name: e.value for e in Error}
+
+
+def test_programs_model_only():
+    # The program builders on their own: the model's results are matmul_q8's, each bad
+    # micro-op gets its ERROR, every packet fits a NoC packet (no simulator).
+    config = _config()
+    p = _params(config)
+    geometry = TileGeometry(**p["geometry"])
+    for which in ("programs", "bad_micro_ops"):
+        for program in build_programs(which, geometry, 12345, p["mesh"]):
+            assert all(len(w) <= 255 for _, _, w in program.packets)
+            assert all(len(w) <= 255 for _, _, w, _ in program.replies)
+
+
+def test_tile_programs():
+    _run("programs")
+
+
+def test_tile_bad_micro_ops():
+    _run("bad_micro_ops")
+
+
+def test_tile_edge_cases():
+    _run("edge_cases")

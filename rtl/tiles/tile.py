@@ -1,0 +1,486 @@
+"""Compute tile: SRAM, matmul engine and a sequencer that executes the micro-ops arriving as
+NoC packets (docs/tile.md; golden model sim/tile.py)."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import PACKED_FORMATS, mode_code
+from ..fifo import StreamFIFO
+from ..noc.flit import FlitFormat
+from ..noc.interface import NetworkInterface
+from .matmul import MatmulEngine
+from .reader import RegionReader
+from .sram import SRAM, SRAMError
+from .unpack import BLOCK_GEOMETRY
+
+
+__all__ = ["Tile", "Kind", "Error", "TILE_SRAM_PORTS", "QUEUE_DEPTH"]
+
+
+class Kind(enum.Enum, shape=4):
+    """Micro-ops: the ``kind`` of a packet to a tile (and of the tile's replies)."""
+    WRITE = 0
+    MATMUL = 1
+    SEND = 2
+    DONE = 3
+    ERROR = 15
+
+
+class Error(enum.IntEnum):
+    """Bits of ``errors`` and of an ERROR packet's word."""
+    KIND = 0
+    LENGTH = 1
+    RANGE = 2
+    SHAPE = 3
+    MEMORY = 4
+    ENGINE = 5
+
+
+#: The tile's SRAM ports: packets' data in, the engine's three operand streams, its results,
+#: and the words a SEND ships.
+TILE_SRAM_PORTS = {"fill": "w", "weight": "r", "act": "r", "scale": "r", "result": "w",
+                   "send": "r"}
+
+#: Queued micro-ops (MATMUL, SEND, DONE, and errors to report) the tile holds while one runs.
+QUEUE_DEPTH = 8
+
+#: Operand words of the queued micro-ops.
+_WORDS = {Kind.MATMUL: 4, Kind.SEND: 2, Kind.DONE: 1}
+_MAX_WORDS = max(_WORDS.values())
+
+#: Weight bytes per 32 elements, times 8 (TQ2_0's 66-byte blocks hold 256 elements).
+_BYTES_X8 = {name: geometry.size * 8 * 32 // geometry.elements
+             for name, geometry in BLOCK_GEOMETRY.items()}
+
+
+def _field(words, word, offset, width):
+    return words[word][offset:offset + width]
+
+
+class Tile(wiring.Component):
+    """A compute tile without its network interface: it takes the packets its interface
+    receives and gives the interface the packets it sends.
+
+    WRITE packets are written to SRAM as they arrive. MATMUL, SEND and DONE micro-ops (and
+    the reports of bad packets) wait in a queue of ``QUEUE_DEPTH`` and run one after the
+    other; a micro-op that cannot run (unknown kind, wrong length, a region beyond the SRAM,
+    a matmul the engine cannot take) sets its bit in ``errors`` and is answered with an ERROR
+    packet to its sender, and the tile goes on with the next.
+
+    Parameters
+    ----------
+    config : TesseraConfig
+        Array, formats, SRAM and flit format.
+
+    Members
+    -------
+    i_header : ``In(stream.Signature(NetworkInterface.received_header_layout(fmt)))``
+    i : ``In(stream.Signature(NetworkInterface.word_layout(fmt)))``
+        Packets received (the network interface's ``o_header`` and ``o``).
+    o_header : ``Out(stream.Signature(fmt.header))``
+    o : ``Out(stream.Signature(fmt.flit_width))``
+        Packets to send (the network interface's ``i_header`` and ``i``).
+    errors : ``Out(8)``
+        Sticky error bits (:class:`Error`).
+    clear : ``In(1)``
+        Clears ``errors``.
+    busy : ``Out(1)``
+        A micro-op is queued or running.
+    """
+
+    def __init__(self, config):
+        fmt = FlitFormat.from_config(config)
+        if config.flit_width != config.sram_width:
+            raise ValueError(f"Tile needs flit_width equal to sram_width, not "
+                             f"{config.flit_width} and {config.sram_width}")
+        if (config.array_rows * 8 > config.sram_width
+                or (config.array_rows * 32) % config.sram_width):
+            raise ValueError(f"Tile needs array_rows·8 ≤ sram_width and array_rows·32 a "
+                             f"multiple of sram_width, not array_rows {config.array_rows} and "
+                             f"sram_width {config.sram_width}")
+        self._config = config
+        self._fmt = fmt
+        super().__init__({
+            "i_header": In(stream.Signature(NetworkInterface.received_header_layout(fmt))),
+            "i": In(stream.Signature(NetworkInterface.word_layout(fmt))),
+            "o_header": Out(stream.Signature(fmt.header)),
+            "o": Out(stream.Signature(fmt.flit_width)),
+            "errors": Out(8),
+            "clear": In(1),
+            "busy": Out(1),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self._config
+        width = config.sram_width
+        rows, cols = config.array_rows, config.array_cols
+        size = config.sram_banks * config.sram_bank_depth
+        xs_words = rows * 32 // width
+        packed = any(f in PACKED_FORMATS for f in config.weight_formats)
+
+        m.submodules.sram = sram = SRAM.from_config(config, ports=TILE_SRAM_PORTS)
+        m.submodules.engine = engine = MatmulEngine.from_config(config)
+        m.submodules.weights = weights = RegionReader(width, sram.address_width)
+        m.submodules.acts = acts = RegionReader(width, sram.address_width)
+        m.submodules.scales = scales = RegionReader(width, sram.address_width)
+        m.submodules.sender = sender = RegionReader(width, sram.address_width)
+        for reader, port in ((weights, "weight"), (acts, "act"), (scales, "scale"),
+                             (sender, "send")):
+            wiring.connect(m, reader.o_req, getattr(sram, f"i_{port}"))
+            wiring.connect(m, getattr(sram, f"o_{port}"), reader.i_resp)
+
+        errors = Signal(8)
+        coord = len(self.o_header.payload.src_x)
+        op_layout = data.StructLayout({
+            "kind": Kind, "src_x": coord, "src_y": coord,
+            "words": data.ArrayLayout(width, _MAX_WORDS),
+        })
+        m.submodules.queue = queue = StreamFIFO(op_layout, QUEUE_DEPTH)
+
+        # ---- Receive ---------------------------------------------------------------------
+        header = self.i_header.payload.header
+        rx = Signal(op_layout)          # the micro-op being received
+        rx_left = Signal(8)             # words of the packet still to come
+        rx_index = Signal(range(_MAX_WORDS + 1))
+        fill_addr = Signal(32)
+        fill_end = Signal(33)
+        report = Signal(8)              # the error bit to report for this packet
+        word = self.i.payload
+
+        with m.FSM(name="receive"):
+            with m.State("HEADER"):
+                m.d.comb += self.i_header.ready.eq(1)
+                with m.If(self.i_header.valid):
+                    m.d.sync += [
+                        rx.kind.eq(header.kind), rx.src_x.eq(header.src_x),
+                        rx.src_y.eq(header.src_y), rx_left.eq(header.length),
+                        rx_index.eq(0),
+                    ]
+                    for i in range(_MAX_WORDS):
+                        m.d.sync += rx.words[i].eq(0)
+                    known = Const(0, 1)
+                    for kind, count in _WORDS.items():
+                        with m.If(header.kind == kind):
+                            with m.If(header.length != count):
+                                m.d.sync += report.eq(Error.LENGTH)
+                                m.next = "DRAIN"
+                            with m.Else():
+                                m.next = "OPERANDS"
+                        known = known | (header.kind == kind)
+                    with m.If(header.kind == Kind.WRITE):
+                        with m.If(header.length == 0):
+                            m.d.sync += report.eq(Error.LENGTH)
+                            m.next = "REPORT"
+                        with m.Else():
+                            m.next = "WRITE_ADDR"
+                    with m.Elif(~known):
+                        m.d.sync += report.eq(Error.KIND)
+                        m.next = "DRAIN"
+            with m.State("WRITE_ADDR"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [
+                        fill_addr.eq(word.data[:32]),
+                        fill_end.eq(word.data[:32] + rx_left - 1),
+                        rx_left.eq(rx_left - 1),
+                    ]
+                    with m.If(rx_left == 1):
+                        m.next = "HEADER"     # an address and no data: nothing to write
+                    with m.Elif(word.data[:32] + rx_left - 1 > size):
+                        m.d.sync += report.eq(Error.RANGE)
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "WRITE_DATA"
+            with m.State("WRITE_DATA"):
+                m.d.comb += [
+                    sram.i_fill.valid.eq(self.i.valid),
+                    sram.i_fill.payload.addr.eq(fill_addr),
+                    sram.i_fill.payload.data.eq(word.data),
+                    self.i.ready.eq(sram.i_fill.ready),
+                ]
+                with m.If(self.i.valid & sram.i_fill.ready):
+                    m.d.sync += [fill_addr.eq(fill_addr + 1), rx_left.eq(rx_left - 1)]
+                    with m.If(rx_left == 1):
+                        m.next = "HEADER"
+            with m.State("OPERANDS"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    for i in range(_MAX_WORDS):
+                        with m.If(rx_index == i):
+                            m.d.sync += rx.words[i].eq(word.data)
+                    m.d.sync += [rx_index.eq(rx_index + 1), rx_left.eq(rx_left - 1)]
+                    with m.If(rx_left == 1):
+                        m.next = "QUEUE"
+            with m.State("QUEUE"):
+                m.d.comb += [queue.i.valid.eq(1), queue.i.payload.eq(rx)]
+                with m.If(queue.i.ready):
+                    m.next = "HEADER"
+            with m.State("DRAIN"):
+                m.d.comb += self.i.ready.eq(rx_left != 0)
+                with m.If(rx_left == 0):
+                    m.next = "REPORT"
+                with m.Elif(self.i.valid):
+                    m.d.sync += rx_left.eq(rx_left - 1)
+                    with m.If(rx_left == 1):
+                        m.next = "REPORT"
+            with m.State("REPORT"):
+                # An ERROR entry in the queue, so that it is answered in the packets' order.
+                m.d.comb += [
+                    queue.i.valid.eq(1),
+                    queue.i.payload.kind.eq(Kind.ERROR),
+                    queue.i.payload.src_x.eq(rx.src_x),
+                    queue.i.payload.src_y.eq(rx.src_y),
+                    queue.i.payload.words[0].eq((Const(1, 8) << report) | (rx.kind.as_value() << 8)),
+                ]
+                with m.If(queue.i.ready):
+                    m.d.sync += errors.eq(errors | (Const(1, 8) << report))
+                    m.next = "HEADER"
+        m.d.comb += sram.o_fill.ready.eq(1)
+        with m.If(sram.o_fill.valid & (sram.o_fill.payload.error != SRAMError.NONE)):
+            m.d.sync += errors[Error.MEMORY].eq(1)
+
+        # ---- Execute ---------------------------------------------------------------------
+        op = Signal(op_layout)
+        w = op.words
+        mode = _field(w, 0, 0, 3)
+        blocks = _field(w, 0, 8, 16)
+        tiles = _field(w, 0, 24, 16)
+        m_rows = _field(w, 0, 40, 8)
+        w_addr, x_addr = _field(w, 1, 0, 32), _field(w, 1, 32, 32)
+        xs_addr, y_addr = _field(w, 2, 0, 32), _field(w, 2, 32, 32)
+        y_stride = _field(w, 3, 0, 32)
+        send_addr, send_count = _field(w, 0, 0, 32), _field(w, 0, 32, 8)
+        dst_x, dst_y, dst_addr = _field(w, 1, 0, 8), _field(w, 1, 8, 8), _field(w, 1, 32, 32)
+
+        is_q8 = mode == mode_code("Q8_0")
+        outputs = Signal(24)            # N = tiles · G
+        prod = Signal(40)               # N · blocks
+        stride_rows = Signal(40)        # (rows − 1) · y_stride
+        w_bytes = Signal(48)
+        w_words = Signal(48)
+        last_count = Signal(range(width // 8 + 1))
+        shape_ok = Signal()
+        range_ok = Signal()
+        reply_kind = Signal(Kind)
+        reply_word = Signal(width)
+        sent = Signal(4)                # which of the engine and the three readers took it
+        result_owed = Signal(range(64))
+        engine_error = Signal()
+
+        known = Const(0, 1)
+        for name in config.weight_formats:
+            known = known | (mode == mode_code(name))
+
+        tx = self.o_header.payload
+        reply_to = [tx.dst_x.eq(op.src_x), tx.dst_y.eq(op.src_y), tx.last_x.eq(op.src_x),
+                    tx.last_y.eq(op.src_y), tx.length.eq(1)]
+
+        with m.FSM(name="execute"):
+            with m.State("IDLE"):
+                m.d.comb += queue.o.ready.eq(1)
+                with m.If(queue.o.valid):
+                    m.d.sync += op.eq(queue.o.payload)
+                    with m.Switch(queue.o.payload.kind):
+                        with m.Case(Kind.MATMUL):
+                            m.next = "MATMUL_SIZE"
+                        with m.Case(Kind.SEND):
+                            m.next = "SEND_CHECK"
+                        with m.Case(Kind.DONE):
+                            m.d.sync += [reply_kind.eq(Kind.DONE),
+                                         reply_word.eq(queue.o.payload.words[0][:32])]
+                            m.next = "REPLY"
+                        with m.Default():    # an error found while receiving
+                            m.d.sync += [reply_kind.eq(Kind.ERROR),
+                                         reply_word.eq(queue.o.payload.words[0])]
+                            m.next = "REPLY"
+            with m.State("REPLY"):
+                m.d.comb += [self.o_header.valid.eq(1), tx.kind.eq(reply_kind), *reply_to]
+                with m.If(self.o_header.ready):
+                    m.next = "REPLY_WORD"
+            with m.State("REPLY_WORD"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(reply_word)]
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+
+            # SEND: the region as a WRITE packet, dst_addr first.
+            with m.State("SEND_CHECK"):
+                # The answer is a WRITE packet: an address word and at most 254 data words.
+                with m.If((send_count == 0) | (send_count == 255)
+                          | (send_addr + send_count > size)):
+                    m.d.sync += [errors[Error.RANGE].eq(1), reply_kind.eq(Kind.ERROR),
+                                 reply_word.eq((1 << Error.RANGE) | (Kind.SEND.value << 8))]
+                    m.next = "REPLY"
+                with m.Else():
+                    m.next = "SEND_HEADER"
+            with m.State("SEND_HEADER"):
+                m.d.comb += [
+                    self.o_header.valid.eq(1),
+                    tx.dst_x.eq(dst_x), tx.dst_y.eq(dst_y), tx.last_x.eq(dst_x),
+                    tx.last_y.eq(dst_y), tx.kind.eq(Kind.WRITE), tx.length.eq(send_count + 1),
+                    sender.i_cmd.valid.eq(self.o_header.ready),
+                    sender.i_cmd.payload.addr.eq(send_addr),
+                    sender.i_cmd.payload.count.eq(send_count),
+                    sender.i_cmd.payload.repeat.eq(1),
+                ]
+                # The reader is idle here, so it takes the command in the header's cycle.
+                with m.If(self.o_header.ready):
+                    m.next = "SEND_ADDR"
+            with m.State("SEND_ADDR"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(dst_addr)]
+                with m.If(self.o.ready):
+                    m.next = "SEND_DATA"
+            with m.State("SEND_DATA"):
+                m.d.comb += [
+                    self.o.valid.eq(sender.o.valid),
+                    self.o.payload.eq(sender.o.payload.data),
+                    sender.o.ready.eq(self.o.ready),
+                ]
+                with m.If(sender.o.valid & self.o.ready & sender.o.payload.last):
+                    m.next = "CHECK_ERRORS"
+
+            # MATMUL: sizes, checks, then the engine and its streams.
+            with m.State("MATMUL_SIZE"):
+                g_shift = Mux(is_q8 | (not packed), 0, 1)
+                m.d.sync += [
+                    outputs.eq((tiles * cols) << g_shift),
+                    stride_rows.eq((m_rows - 1) * y_stride),
+                    shape_ok.eq(known & (blocks != 0) & (tiles != 0) & (m_rows != 0)
+                                & (m_rows <= rows)
+                                & ~((mode == mode_code("TQ2_0")) & (blocks[:3] != 0))),
+                ]
+                m.next = "MATMUL_BYTES"
+            with m.State("MATMUL_BYTES"):
+                m.d.sync += prod.eq(outputs * blocks)
+                m.next = "MATMUL_RANGE"
+            with m.State("MATMUL_RANGE"):
+                bytes_x8 = Signal(48)
+                with m.Switch(mode):
+                    for name, per in _BYTES_X8.items():
+                        with m.Case(mode_code(name)):
+                            m.d.comb += bytes_x8.eq(prod * per)
+                nbytes = bytes_x8 >> 3
+                words_ = (nbytes + (width // 8 - 1)) >> (width // 8 - 1).bit_length()
+                m.d.sync += [
+                    w_bytes.eq(nbytes), w_words.eq(words_),
+                    last_count.eq((nbytes - 1)[:(width // 8 - 1).bit_length()] + 1),
+                    range_ok.eq((w_addr + words_ <= size)
+                                & (x_addr + (blocks << 5) <= size)
+                                & (xs_addr + blocks * xs_words <= size)
+                                & (y_addr + stride_rows + outputs <= size)),
+                ]
+                m.next = "MATMUL_CHECK"
+            with m.State("MATMUL_CHECK"):
+                with m.If(~shape_ok):
+                    m.d.sync += [errors[Error.SHAPE].eq(1), reply_kind.eq(Kind.ERROR),
+                                 reply_word.eq((1 << Error.SHAPE) | (Kind.MATMUL.value << 8))]
+                    m.next = "REPLY"
+                with m.Elif(~range_ok):
+                    m.d.sync += [errors[Error.RANGE].eq(1), reply_kind.eq(Kind.ERROR),
+                                 reply_word.eq((1 << Error.RANGE) | (Kind.MATMUL.value << 8))]
+                    m.next = "REPLY"
+                with m.Else():
+                    m.d.sync += sent.eq(0)
+                    m.next = "MATMUL_START"
+            with m.State("MATMUL_START"):
+                starts = [
+                    (engine.i_cmd, {"mode": mode, "interleaved": _field(w, 0, 3, 1),
+                                    "blocks": blocks, "tiles": tiles, "rows": m_rows}),
+                    (weights.i_cmd, {"addr": w_addr, "count": w_words, "repeat": 1}),
+                    (acts.i_cmd, {"addr": x_addr, "count": blocks << 5, "repeat": tiles}),
+                    (scales.i_cmd, {"addr": xs_addr, "count": blocks * xs_words,
+                                    "repeat": tiles}),
+                ]
+                for i, (port, fields) in enumerate(starts):
+                    m.d.comb += port.valid.eq(~sent[i])
+                    for name, value in fields.items():
+                        m.d.comb += getattr(port.payload, name).eq(value)
+                    with m.If(port.valid & port.ready):
+                        m.d.sync += sent[i].eq(1)
+                done = Const(1, 1)
+                for i, (port, _) in enumerate(starts):
+                    done = done & (sent[i] | port.ready)
+                with m.If(done):
+                    m.next = "MATMUL_WAIT"
+            with m.State("MATMUL_WAIT"):
+                with m.If(~engine.busy & ~weights.busy & ~acts.busy & ~scales.busy
+                          & (result_owed == 0)):
+                    m.next = "CHECK_ERRORS"
+
+            # After a micro-op that read SRAM or ran the engine: report what went wrong.
+            with m.State("CHECK_ERRORS"):
+                memory = weights.error | acts.error | scales.error | sender.error
+                bits = (Mux(memory, 1 << Error.MEMORY, 0)
+                        | Mux(engine_error, 1 << Error.ENGINE, 0))
+                with m.If(memory | engine_error):
+                    m.d.sync += [errors.eq(errors | bits), reply_kind.eq(Kind.ERROR),
+                                 reply_word.eq(bits | (op.kind.as_value() << 8))]
+                    m.next = "REPLY"
+                with m.Else():
+                    m.next = "IDLE"
+        # Reader and engine flags are per micro-op: reported once, cleared with the next.
+        clear_flags = Signal()
+        m.d.comb += clear_flags.eq(queue.o.valid & queue.o.ready)
+        m.d.comb += [weights.clear.eq(clear_flags), acts.clear.eq(clear_flags),
+                     scales.clear.eq(clear_flags), sender.clear.eq(clear_flags),
+                     engine.clear.eq(clear_flags)]
+        m.d.comb += engine_error.eq(engine.errors.as_value().any())
+
+        # ---- The engine's streams --------------------------------------------------------
+        m.d.comb += [
+            engine.i_w.valid.eq(weights.o.valid),
+            engine.i_w.payload.data.eq(weights.o.payload.data),
+            engine.i_w.payload.count.eq(Mux(weights.o.payload.last, last_count, width // 8)),
+            engine.i_w.payload.last.eq(weights.o.payload.last),
+            weights.o.ready.eq(engine.i_w.ready),
+            engine.i_x.valid.eq(acts.o.valid),
+            engine.i_x.payload.eq(acts.o.payload.data[:rows * 8]),
+            acts.o.ready.eq(engine.i_x.ready),
+        ]
+        # xs_words SRAM words make one beat of activation scales.
+        if xs_words == 1:
+            m.d.comb += [
+                engine.i_xs.valid.eq(scales.o.valid),
+                engine.i_xs.payload.eq(scales.o.payload.data),
+                scales.o.ready.eq(engine.i_xs.ready),
+            ]
+        else:
+            held = Signal(width * (xs_words - 1))
+            part = Signal(range(xs_words))
+            final = part == xs_words - 1
+            m.d.comb += [
+                engine.i_xs.valid.eq(scales.o.valid & final),
+                engine.i_xs.payload.eq(Cat(held, scales.o.payload.data)),
+                scales.o.ready.eq(~final | engine.i_xs.ready),
+            ]
+            with m.If(scales.o.valid & scales.o.ready):
+                m.d.sync += part.eq(Mux(final, 0, part + 1))
+                with m.If(~final):
+                    m.d.sync += held.eq(Cat(held[width:], scales.o.payload.data))
+
+        # Results to SRAM, one binary32 per word, at y_addr + row · y_stride + col.
+        result = engine.o.payload
+        m.d.comb += [
+            sram.i_result.valid.eq(engine.o.valid),
+            sram.i_result.payload.addr.eq(y_addr + result.row * y_stride + result.col),
+            sram.i_result.payload.data.eq(result.value),
+            engine.o.ready.eq(sram.i_result.ready),
+            sram.o_result.ready.eq(1),
+        ]
+        m.d.sync += result_owed.eq(result_owed + (sram.i_result.valid & sram.i_result.ready)
+                                   - sram.o_result.valid)
+        with m.If(sram.o_result.valid & (sram.o_result.payload.error != SRAMError.NONE)):
+            m.d.sync += errors[Error.MEMORY].eq(1)
+
+        with m.If(self.clear):
+            m.d.sync += errors.eq(0)
+        m.d.comb += [
+            self.errors.eq(errors),
+            self.busy.eq(queue.o.valid | ~queue.o.ready | queue.i.valid),
+        ]
+        return m

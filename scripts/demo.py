@@ -1,0 +1,188 @@
+"""``tessera demo``: real SmolLM2-135M matmuls on the default 2×2 tile mesh in RTL simulation.
+
+The two matrices of layer 0 that the issue names, ``blk.0.attn_q`` (576 × 576) and
+``blk.0.ffn_up`` (1536 × 576), both Q4_1 as the GGUF file stores them, multiply the embeddings
+of a short real prompt after RMSNorm (computed by the vector unit's golden model, which the
+vector unit's RTL matches bit for bit). The driver (sim/mesh_program.py) splits each matrix
+across the four tiles by output rows, streams the weights into the tiles' SRAM through the edge
+port and multicasts the activations; Verilator runs the whole mesh. The demo then prints
+whether the mesh's results equal the golden model's bit for bit, their error against float64
+(gguf's dequantized weights times the unquantized activations), the cycles, the MAC
+utilisation, the weight bytes per cycle against the edge port's bandwidth, and the area and
+Fmax of the tile's blocks as measured by the synthesis benchmarks.
+"""
+
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rtl.config import TesseraConfig
+
+
+REPO = Path(__file__).resolve().parents[1]
+TENSORS = ("blk.0.attn_q.weight", "blk.0.ffn_up.weight")
+
+
+def prepare(workdir):
+    """(name, fmt, w_raw, x, x_float64) per tensor, saved as job files in ``workdir``."""
+    from gguf.quants import dequantize
+    from sim import vector as V
+    from sim.smollm2 import layer0_vectors, tensors
+    d = layer0_vectors()
+    model = V.VectorModel()
+    x = np.stack([V.rmsnorm(model, e, d["attn_norm"], d["epsilon"]) for e in d["embeddings"]])
+    by_name = {t.name: t for t in tensors()}
+    jobs = []
+    for name in TENSORS:
+        t = by_name[name]
+        w_raw = np.asarray(t.data, dtype=np.uint8)
+        fmt = t.tensor_type.name
+        path = Path(workdir) / f"{name}.npz"
+        np.savez(path, fmt=fmt, w_raw=w_raw, x=x)
+        reference = x.astype(np.float64) @ dequantize(w_raw, t.tensor_type).astype(np.float64).T
+        jobs.append({"name": name, "fmt": fmt, "w_raw": w_raw, "x": x, "path": path,
+                     "reference": reference})
+    return jobs
+
+
+def simulate(config, jobs, workdir, progress):
+    """Run the jobs on the RTL mesh; ``progress(phase, done, total)`` is called while it runs."""
+    from dataclasses import asdict
+    from cocotb_tests import harness
+    from cocotb_tests.test_tile_mesh import _offsets
+    from rtl.tile_mesh import TileMesh
+    from sim.tile import TileGeometry
+    mesh = TileMesh(config)
+    progress_file = Path(workdir) / "progress.json"
+    failure = []
+
+    def run():
+        try:
+            harness.run(mesh, toplevel="tile_mesh", test_module="cocotb_tests.test_tile_mesh",
+                        testcase="demo_run", quick_build=True,
+                        parameters={"offsets": _offsets(mesh), "mesh_x": config.mesh_x,
+                                    "mesh_y": config.mesh_y,
+                                    "geometry": asdict(TileGeometry.from_config(config)),
+                                    "jobs": [str(job["path"]) for job in jobs],
+                                    "progress": str(progress_file)})
+        except Exception as error:      # reported by the caller
+            failure.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while thread.is_alive():
+        if progress_file.exists():
+            try:
+                state = json.loads(progress_file.read_text())
+                progress(jobs[state["job"]]["name"], state["flits"], state["total"])
+            except (ValueError, KeyError):
+                pass
+        else:
+            progress("build", 0, 0)
+        time.sleep(0.5)
+    thread.join()
+    if failure:
+        raise failure[0]
+    for job in jobs:
+        out = np.load(Path(job["path"]).with_suffix(".out.npz"))
+        job.update(y=out["y"], cycles=int(out["cycles"]), seconds=float(out["seconds"]),
+                   flits=int(out["flits"]), errors=int(out["errors"]))
+    return jobs
+
+
+def area_rows():
+    """ECP5 rows (block, LUT4, FF, DSP, BRAM, Fmax, source) of the mesh's blocks, from the
+    generated docs tables (``| Block | Target | LUT4 | FF | CCU2 | DSP | BRAM | LUT RAM |
+    Fmax |``)."""
+    rows = []
+    for doc, names in (("area.md", ("sram", "mac_array", "unpack", "dequant", "router",
+                                    "noc_interface", "mesh")),
+                       ("tile_performance.md", ("matmul_engine", "tile", "tile_mesh"))):
+        path = REPO / "docs" / doc
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+            if len(cells) == 9 and cells[0] in names and cells[1] == "ecp5":
+                rows.append((cells[0], cells[2], cells[3], cells[5], cells[6], cells[8], doc))
+    return rows
+
+
+def run(config=None):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+    from sim import dequant
+    config = config or TesseraConfig()
+    console = Console()
+    console.print(f"[bold]Tessera demo[/bold]: SmolLM2-135M-Instruct layer 0 on a "
+                  f"{config.mesh_x}×{config.mesh_y} tile mesh ({config.array_rows}×"
+                  f"{config.array_cols} MAC arrays, {config.flit_width}-bit NoC), Verilator")
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as workdir:
+        jobs = prepare(workdir)
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                      console=console) as bar:
+            tasks = {}
+            build = bar.add_task("building the Verilator model (cached after the first run)",
+                                 total=None, info="")
+
+            def progress(phase, done, total):
+                if phase == "build":
+                    return
+                bar.update(build, visible=False)
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(f"{phase} through the mesh", total=total,
+                                                info="")
+                bar.update(tasks[phase], completed=done, total=total,
+                           info=f"{done:,}/{total:,} flits")
+
+            simulate(config, jobs, workdir, progress)
+            for task in tasks.values():
+                bar.update(task, completed=bar.tasks[task].total)
+
+    tiles = config.mesh_x * config.mesh_y
+    lanes = 2
+    table = Table(title="Results")
+    for column in ("tensor", "M×N×K", "bit-exact", "max rel. error vs float64", "cycles",
+                   "MAC util.", "weight B/cycle", "of edge roofline", "sim speed"):
+        table.add_column(column, justify="right")
+    exact_all = True
+    for job in jobs:
+        golden = dequant.matmul(job["fmt"], job["w_raw"], job["x"]).view(np.uint32)
+        exact = bool(np.array_equal(job["y"], golden)) and job["errors"] == 0
+        exact_all &= exact
+        y = job["y"].view(np.float32).astype(np.float64)
+        ref = job["reference"]
+        rel = np.max(np.abs(y - ref)) / np.max(np.abs(ref))
+        m, k = job["x"].shape
+        n = job["w_raw"].shape[0]
+        util = m * n * k / (job["cycles"] * tiles * config.array_rows * config.array_cols
+                            * lanes)
+        per_cycle = job["w_raw"].size / job["cycles"]
+        edge = config.flit_width // 8
+        table.add_row(job["name"], f"{m}×{n}×{k}", "yes" if exact else "NO", f"{rel:.2e}",
+                      f"{job['cycles']:,}", f"{util:.1%}", f"{per_cycle:.2f}",
+                      f"{per_cycle / edge:.1%}",
+                      f"{job['cycles'] / job['seconds']:,.0f} cycles/s")
+    console.print(table)
+    console.print("max rel. error = max |y − y₆₄| / max |y₆₄|, y₆₄ = float64 product of gguf's "
+                  "dequantized weights and the unquantized activations (the difference is "
+                  "mostly the Q8_0 quantization of the activations). Edge roofline: "
+                  f"{config.flit_width // 8} weight bytes per cycle enter the mesh.")
+    rows = area_rows()
+    if rows:
+        area = Table(title="Area and Fmax (ECP5 LFE5U-85F; from docs/, measured by the "
+                           "synthesis benchmarks)")
+        for column in ("block", "LUT4", "FF", "DSP", "BRAM", "Fmax", "source"):
+            area.add_column(column, justify="right")
+        for row in rows:
+            area.add_row(*row)
+        console.print(area)
+    console.print(f"done in {time.monotonic() - start:.0f} s")
+    return exact_all

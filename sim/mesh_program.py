@@ -1,0 +1,207 @@
+"""Driver of the tile mesh: a distributed matmul y = W · x as a stream of micro-op packets
+entering at the edge port, and the golden model of the whole mesh (docs/tile.md).
+
+**Split.** The N output rows of W are split across the T = X·Y tiles (tensor parallel): tile
+t computes rows [t·N/T, (t+1)·N/T). Its weights stream into its SRAM one *chunk* (G rows,
+one engine tile) at a time, into two buffers in turn, while it computes on the other.
+
+**Activations.** x (M × K) is quantized to Q8_0 at the edge (``gguf.quants.quantize``) and
+multicast to every tile, up to ``rows`` (the array's) rows at a time.
+
+**Order and waits.** For each group of activation rows: multicast the activations; then, for
+each chunk index j and each tile t in turn: WRITE chunk j of tile t's weights, MATMUL, and
+SEND the G results per row back to the edge. Before the weights of chunk j + 2 go to a tile,
+the edge waits until that tile's SEND of chunk j has arrived (the buffers it reuses are then
+free); before the next group's activations, until every tile has answered every SEND. A tile
+executes its micro-ops in order and answers in order, so counting each tile's answers is
+enough.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from gguf import GGMLQuantizationType
+from gguf.quants import quantize
+
+from .gguf_blocks import FORMATS, code_values, split_blocks
+from .tile import (Kind, TileGeometry, TileModel, activation_layout, matmul_packet,
+                   send_packet, weight_layout)
+
+
+__all__ = ["EDGE", "Packet", "Wait", "MatmulProgram", "MeshModel", "MAX_WORDS"]
+
+#: Field coordinates of the edge port (rtl/tile_mesh.py).
+EDGE = (0, 1)
+
+#: Words of one packet (the NoC's 8-bit length field).
+MAX_WORDS = 255
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A packet from the edge: to tile field ``dst`` (or the rectangle ``dst``–``last`` when
+    ``multicast``), micro-op ``kind``, operand ``words``."""
+    dst: tuple
+    kind: int
+    words: tuple
+    multicast: bool = False
+    last: tuple = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The edge sends nothing more until tile ``tile`` (field coordinates) has sent
+    ``answers`` packets to the edge since the program began."""
+    tile: tuple
+    answers: int
+
+
+@dataclass
+class MatmulProgram:
+    """The packets (and waits) of y = W · x on a mesh of ``mesh_x × mesh_y`` tiles of
+    ``geometry``; :meth:`result` assembles y from the edge's received packets."""
+    fmt: str
+    w_raw: np.ndarray
+    x: np.ndarray
+    mesh_x: int = 2
+    mesh_y: int = 2
+    geometry: TileGeometry = field(default_factory=TileGeometry)
+
+    def __post_init__(self):
+        from rtl.config import mode_code
+        g = self.geometry
+        self.w_raw = np.asarray(self.w_raw, dtype=np.uint8)
+        self.x = np.asarray(self.x, dtype=np.float32)
+        self.n, self.k = self.w_raw.shape[0], self.x.shape[1]
+        self.m = self.x.shape[0]
+        tiles = self.mesh_x * self.mesh_y
+        self.per_chunk = g.outputs_per_tile(self.fmt)
+        if self.n % (tiles * self.per_chunk):
+            raise ValueError(f"{self.n} weight rows do not split into {tiles} tiles of whole "
+                             f"{self.per_chunk}-row chunks")
+        elements = FORMATS[self.fmt][0]
+        if self.k % max(32, elements):
+            raise ValueError(f"K = {self.k} is not a whole number of {self.fmt} blocks")
+        self.rows_per_tile = self.n // tiles
+        self.chunks = self.rows_per_tile // self.per_chunk
+        blocks = self.k // 32
+        chunk_words = len(weight_layout(g, self.fmt, self.w_raw[:self.per_chunk]))
+        # SRAM map of every tile: activations, their scales, two result and two weight buffers.
+        self.x_addr = 0
+        self.xs_addr = self.k
+        y0 = self.xs_addr + blocks * g.xs_words
+        self.y_addr = (y0, y0 + g.rows * self.per_chunk)
+        w0 = y0 + 2 * g.rows * self.per_chunk
+        self.w_addr = (w0, w0 + chunk_words)
+        if w0 + 2 * chunk_words > g.words:
+            raise ValueError(f"a {self.fmt} matmul with K = {self.k} needs "
+                             f"{w0 + 2 * chunk_words} SRAM words per tile; the tile has "
+                             f"{g.words}")
+        self.mode = mode_code(self.fmt)
+        xb = split_blocks("Q8_0", quantize(self.x, GGMLQuantizationType.Q8_0))
+        self.codes = code_values("Q8_0", xb.codes).reshape(self.m, self.k)
+        self.d_x = xb.d.view(np.uint16).reshape(self.m, blocks)
+        self.items = self._build()
+
+    def tile_fields(self):
+        return [(tx + 1, ty + 1) for ty in range(self.mesh_y) for tx in range(self.mesh_x)]
+
+    def _writes(self, dst, addr, words, **kw):
+        out = []
+        for i in range(0, len(words), MAX_WORDS - 1):
+            part = [addr + i] + [int(v) for v in words[i:i + MAX_WORDS - 1]]
+            out.append(Packet(dst, Kind.WRITE, tuple(part), **kw))
+        return out
+
+    def _build(self):
+        g = self.geometry
+        items = []
+        tiles = self.tile_fields()
+        everyone = {"multicast": True, "last": (self.mesh_x, self.mesh_y)}
+        answers = {t: 0 for t in tiles}
+        self.sends = []             # (tile, row0, col0, rows) in program order
+        for r0 in range(0, self.m, g.rows):
+            rows = min(g.rows, self.m - r0)
+            if r0:
+                items += [Wait(t, answers[t]) for t in tiles]
+            x_words, xs_words = activation_layout(g, self.codes[r0:r0 + rows],
+                                                  self.d_x[r0:r0 + rows])
+            items += self._writes((1, 1), self.x_addr, x_words, **everyone)
+            items += self._writes((1, 1), self.xs_addr, xs_words, **everyone)
+            sent = {t: [] for t in tiles}   # answer count after each chunk's SEND
+            for j in range(self.chunks):
+                for ti, t in enumerate(tiles):
+                    if j >= 2:
+                        items.append(Wait(t, sent[t][j - 2]))
+                    start = ti * self.rows_per_tile + j * self.per_chunk
+                    chunk = self.w_raw[start:start + self.per_chunk]
+                    items += self._writes(t, self.w_addr[j % 2],
+                                          weight_layout(g, self.fmt, chunk))
+                    kind, words = matmul_packet(
+                        mode=self.mode, blocks=self.k // 32, tiles=1, rows=rows,
+                        w_addr=self.w_addr[j % 2], x_addr=self.x_addr,
+                        xs_addr=self.xs_addr, y_addr=self.y_addr[j % 2],
+                        y_stride=self.per_chunk)
+                    items.append(Packet(t, kind, tuple(words)))
+                    kind, words = send_packet(addr=self.y_addr[j % 2],
+                                              count=rows * self.per_chunk,
+                                              dst_x=EDGE[0], dst_y=EDGE[1],
+                                              dst_addr=len(self.sends))
+                    items.append(Packet(t, kind, tuple(words)))
+                    self.sends.append((t, r0, start, rows))
+                    answers[t] += 1
+                    sent[t].append(answers[t])
+        return items
+
+    def packets(self):
+        return [item for item in self.items if isinstance(item, Packet)]
+
+    def weight_bytes(self):
+        return int(self.w_raw.size)
+
+    def result(self, received):
+        """y (M × N binary32 bits) from the packets the edge received: ``(src, kind, words)``
+        with the SEND answers among them."""
+        y = np.zeros((self.m, self.n), dtype=np.uint32)
+        seen = set()
+        for src, kind, words in received:
+            if kind != Kind.WRITE:
+                continue
+            index = int(words[0])
+            t, r0, c0, rows = self.sends[index]
+            if src != t or index in seen:
+                raise ValueError(f"answer {index} from {src} does not belong there")
+            seen.add(index)
+            values = np.array([int(v) & 0xFFFFFFFF for v in words[1:]], dtype=np.uint32)
+            y[r0:r0 + rows, c0:c0 + self.per_chunk] = values.reshape(rows, self.per_chunk)
+        if len(seen) != len(self.sends):
+            raise ValueError(f"{len(self.sends) - len(seen)} of {len(self.sends)} answers "
+                             f"missing")
+        return y
+
+
+class MeshModel:
+    """The golden model of a tile mesh: every packet from the edge through the TileModels in
+    program order. :meth:`run` returns what the edge receives, as (src, kind, words)."""
+
+    def __init__(self, mesh_x=2, mesh_y=2, geometry=None):
+        geometry = geometry or TileGeometry()
+        self.tiles = {(x + 1, y + 1): TileModel(geometry, x + 1, y + 1)
+                      for y in range(mesh_y) for x in range(mesh_x)}
+
+    def run(self, items):
+        received = []
+        for item in items:
+            if not isinstance(item, Packet):
+                continue
+            if item.multicast:
+                (x0, y0), (x1, y1) = item.dst, item.last
+                targets = [t for t in self.tiles if x0 <= t[0] <= x1 and y0 <= t[1] <= y1]
+            else:
+                targets = [item.dst]
+            for t in targets:
+                for dst, kind, words in self.tiles[t].receive(item.kind, item.words, EDGE):
+                    if dst != EDGE:
+                        raise ValueError(f"tile {t} sent to {dst}, not to the edge")
+                    received.append((t, kind, list(words)))
+        return received

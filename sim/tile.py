@@ -1,0 +1,289 @@
+"""The compute tile's micro-ops (docs/tile.md) and their golden model: what a tile does with
+each packet it receives, on an SRAM image of words, bit-exact with rtl/tiles/tile.py.
+
+A micro-op is one NoC packet; its header's ``kind`` is the opcode and its words (``word_bits``
+wide, the flit and SRAM width) are the operands:
+
+========= ==== ============================================================================
+micro-op  kind words
+========= ==== ============================================================================
+WRITE     0    ``addr``; then the data words, written to SRAM from ``addr`` on
+MATMUL    1    ``mode | interleaved | blocks | tiles | rows``; ``w_addr | x_addr``;
+               ``xs_addr | y_addr``; ``y_stride``: y = W · x on the matmul engine
+SEND      2    ``addr | count``; ``dst_x | dst_y | dst_addr``: send ``count`` SRAM words
+               from ``addr`` as a WRITE packet (``dst_addr`` first) to ``(dst_x, dst_y)``
+DONE      3    ``tag``: when every earlier micro-op has finished, send a DONE packet with
+               ``tag`` back to the micro-op's sender
+ERROR     15   (sent by a tile) the error flags and the offending micro-op's kind
+========= ==== ============================================================================
+
+WRITE packets are executed as they arrive; MATMUL, SEND and DONE are queued and executed in
+order. A program must not WRITE a region that a queued or running MATMUL or SEND still reads
+(the driver waits for an answer first), and a MATMUL's result region must not overlap its
+operand regions (the engine re-reads the activations for every engine tile while it writes
+results). The tile ignores the NoC's ``poison`` mark.
+"""
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from .dequant import matmul_q8
+from .gguf_blocks import FORMATS
+
+
+__all__ = ["Kind", "Error", "TileGeometry", "TileModel",
+           "write_packet", "matmul_packet", "send_packet", "done_packet",
+           "weight_layout", "activation_layout", "unpack_fields", "pack_fields"]
+
+
+class Kind(IntEnum):
+    WRITE = 0
+    MATMUL = 1
+    SEND = 2
+    DONE = 3
+    ERROR = 15
+
+
+class Error(IntEnum):
+    """Bits of the ERROR packet's first word (and of the tile's sticky ``errors``)."""
+    KIND = 0        # unknown micro-op
+    LENGTH = 1      # a packet of the wrong length for its micro-op
+    RANGE = 2       # a region beyond the SRAM
+    SHAPE = 3       # a matmul the engine cannot take (mode, blocks, tiles, rows)
+    MEMORY = 4      # an SRAM response with an uncorrectable error
+    ENGINE = 5      # the matmul engine flagged its input
+
+
+#: Operand fields: name → (word, offset, width).
+FIELDS = {
+    Kind.MATMUL: {"mode": (0, 0, 3), "interleaved": (0, 3, 1), "blocks": (0, 8, 16),
+                  "tiles": (0, 24, 16), "rows": (0, 40, 8),
+                  "w_addr": (1, 0, 32), "x_addr": (1, 32, 32),
+                  "xs_addr": (2, 0, 32), "y_addr": (2, 32, 32),
+                  "y_stride": (3, 0, 32)},
+    Kind.SEND: {"addr": (0, 0, 32), "count": (0, 32, 8),
+                "dst_x": (1, 0, 8), "dst_y": (1, 8, 8), "dst_addr": (1, 32, 32)},
+    Kind.DONE: {"tag": (0, 0, 32)},
+}
+
+#: Words of each queued micro-op.
+WORDS = {kind: 1 + max(w for w, _, _ in fields.values()) for kind, fields in FIELDS.items()}
+
+
+def pack_fields(kind, values):
+    words = [0] * WORDS[kind]
+    for name, (word, offset, width) in FIELDS[kind].items():
+        value = int(values.get(name, 0))
+        if not 0 <= value < (1 << width):
+            raise ValueError(f"{kind.name} field {name} must fit {width} bits, not {value}")
+        words[word] |= value << offset
+    return words
+
+
+def unpack_fields(kind, words):
+    return {name: (int(words[word]) >> offset) & ((1 << width) - 1)
+            for name, (word, offset, width) in FIELDS[kind].items()}
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """What a tile is built with: its array and its SRAM."""
+    rows: int = 8
+    cols: int = 8
+    words: int = 4096               # sram_banks · sram_bank_depth
+    word_bits: int = 64             # sram_width = flit_width
+    packed: bool = True             # the array has the packed (two-lane) formats
+
+    @classmethod
+    def from_config(cls, config):
+        from rtl.config import PACKED_FORMATS
+        return cls(rows=config.array_rows, cols=config.array_cols,
+                   words=config.sram_banks * config.sram_bank_depth,
+                   word_bits=config.sram_width,
+                   packed=any(f in PACKED_FORMATS for f in config.weight_formats))
+
+    def outputs_per_tile(self, fmt):
+        return self.cols * (2 if fmt != "Q8_0" and self.packed else 1)
+
+    @property
+    def xs_words(self):
+        """SRAM words of one block's activation scales (``rows`` pairs of 16-bit fields)."""
+        return self.rows * 32 // self.word_bits
+
+
+def _bytes_per_block32(fmt):
+    elements, size = FORMATS[fmt][:2]
+    return size * 32 / elements
+
+
+def weight_layout(geometry, fmt, w_raw):
+    """SRAM words of weight rows ``w_raw`` (uint8, N × row bytes, N a multiple of G) in the
+    engine's order (docs/matmul.md): per tile of G rows, per block along K, each row's block."""
+    g = geometry.outputs_per_tile(fmt)
+    elements, size = FORMATS[fmt][:2]
+    rows = np.asarray(w_raw, dtype=np.uint8)
+    n = rows.shape[0]
+    blocks = rows.reshape(n // g, g, -1, size)             # tile, row, block, bytes
+    stream = blocks.transpose(0, 2, 1, 3).reshape(-1)      # tile, block, row, bytes
+    return _words(stream, geometry.word_bits)
+
+
+def _words(byte_stream, word_bits):
+    per = word_bits // 8
+    padded = np.zeros(-(-byte_stream.size // per) * per, dtype=np.uint8)
+    padded[:byte_stream.size] = byte_stream
+    return [int.from_bytes(padded[i:i + per].tobytes(), "little")
+            for i in range(0, padded.size, per)]
+
+
+def activation_layout(geometry, x_codes, d_x):
+    """SRAM words of Q8_0 activations: ``x_codes`` (M × K int8) as one word per k-step (row r
+    in byte r, zero rows from M on), and ``d_x`` (M × K/32 raw fp16) with the code sums as
+    ``xs_words`` words per block (row r's d in bits 32r..32r+15, its sum above)."""
+    m, k = x_codes.shape
+    steps = np.zeros((k, geometry.rows), dtype=np.uint8)
+    steps[:, :m] = np.asarray(x_codes, dtype=np.int8).T.view(np.uint8)
+    x_words = _words(steps.reshape(-1), geometry.word_bits)
+    sums = np.asarray(x_codes, dtype=np.int64).reshape(m, k // 32, 32).sum(axis=2)
+    xs = np.zeros((k // 32, geometry.rows), dtype=np.uint32)
+    xs[:, :m] = (np.asarray(d_x, dtype=np.uint32).T
+                 | ((sums.T & 0xFFFF).astype(np.uint32) << 16))
+    xs_words = _words(xs.reshape(-1).view(np.uint8), geometry.word_bits)
+    return x_words, xs_words
+
+
+@dataclass
+class TileModel:
+    """One tile: its SRAM image and its queue; :meth:`receive` takes a packet and returns the
+    packets the tile sends in reply, in order."""
+    geometry: TileGeometry = field(default_factory=TileGeometry)
+    x: int = 1
+    y: int = 1
+
+    def __post_init__(self):
+        self.sram = np.zeros(self.geometry.words, dtype=object)
+        self.errors = 0
+
+    def _error(self, bit, kind, src):
+        self.errors |= 1 << bit
+        return [(src, Kind.ERROR, [(1 << bit) | (int(kind) << 8)])]
+
+    def receive(self, kind, words, src):
+        """Execute the micro-op of a packet of ``kind`` with ``words`` from ``src`` (field
+        coordinates); returns the packets sent, as (destination, kind, words)."""
+        words = [int(w) for w in words]
+        size = self.geometry.words
+        if kind == Kind.WRITE:
+            if len(words) < 1:
+                return self._error(Error.LENGTH, kind, src)
+            addr, data = words[0] & 0xFFFFFFFF, words[1:]
+            if data and addr + len(data) > size:
+                return self._error(Error.RANGE, kind, src)
+            self.sram[addr:addr + len(data)] = data
+            return []
+        if kind not in WORDS:
+            return self._error(Error.KIND, kind, src)
+        if len(words) != WORDS[kind]:
+            return self._error(Error.LENGTH, kind, src)
+        f = unpack_fields(kind, words)
+        if kind == Kind.DONE:
+            return [(src, Kind.DONE, [f["tag"]])]
+        if kind == Kind.SEND:
+            # The answer is a WRITE packet: an address word and at most 254 data words.
+            if f["addr"] + f["count"] > size or not 1 <= f["count"] <= 254:
+                return self._error(Error.RANGE, kind, src)
+            data = [int(w) for w in self.sram[f["addr"]:f["addr"] + f["count"]]]
+            return [((f["dst_x"], f["dst_y"]), Kind.WRITE, [f["dst_addr"]] + data)]
+        return self._matmul(f, src)
+
+    def matmul_shape_ok(self, f):
+        from rtl.config import WEIGHT_FORMATS
+        g = self.geometry
+        if f["mode"] >= len(WEIGHT_FORMATS):
+            return False
+        fmt = WEIGHT_FORMATS[f["mode"]]
+        if fmt != "Q8_0" and not g.packed:
+            return False
+        return (f["blocks"] > 0 and f["tiles"] > 0 and 1 <= f["rows"] <= g.rows
+                and not (fmt == "TQ2_0" and f["blocks"] % 8))
+
+    def matmul_regions(self, f):
+        """(start, end) of the weight, activation, scale and result regions (words)."""
+        from rtl.config import WEIGHT_FORMATS
+        g = self.geometry
+        fmt = WEIGHT_FORMATS[f["mode"]]
+        n = f["tiles"] * g.outputs_per_tile(fmt)
+        w_bytes = int(n * f["blocks"] * _bytes_per_block32(fmt))
+        per = g.word_bits // 8
+        return [(f["w_addr"], f["w_addr"] + -(-w_bytes // per)),
+                (f["x_addr"], f["x_addr"] + 32 * f["blocks"]),
+                (f["xs_addr"], f["xs_addr"] + g.xs_words * f["blocks"]),
+                (f["y_addr"], f["y_addr"] + (f["rows"] - 1) * f["y_stride"] + n)]
+
+    def _matmul(self, f, src):
+        from rtl.config import WEIGHT_FORMATS
+        g = self.geometry
+        if not self.matmul_shape_ok(f):
+            return self._error(Error.SHAPE, Kind.MATMUL, src)
+        if any(end > g.words for _, end in self.matmul_regions(f)):
+            return self._error(Error.RANGE, Kind.MATMUL, src)
+        fmt = WEIGHT_FORMATS[f["mode"]]
+        (w0, w1), (x0, _), (s0, _), _ = self.matmul_regions(f)
+        per = g.word_bits // 8
+        gsize = g.outputs_per_tile(fmt)
+        elements, size = FORMATS[fmt][:2]
+        n, k = f["tiles"] * gsize, 32 * f["blocks"]
+        stream = b"".join(int(w).to_bytes(per, "little") for w in self.sram[w0:w1])
+        stream = np.frombuffer(stream, dtype=np.uint8)[:n * k // elements * size]
+        blocks = stream.reshape(f["tiles"], k // elements, gsize, size)
+        w_raw = blocks.transpose(0, 2, 1, 3).reshape(n, -1)
+        codes, d_x = self._activations(f, x0, s0)
+        y = matmul_q8(fmt, w_raw, codes, d_x, interleaved=bool(f["interleaved"]))
+        for r in range(f["rows"]):
+            base = f["y_addr"] + r * f["y_stride"]
+            self.sram[base:base + n] = [int(v) for v in y[r].view(np.uint32)]
+        # The engine's unpacker flags a weight block with an inf/NaN scale (the results are
+        # still IEEE's): reported after the MATMUL.
+        if _nonfinite_scales(fmt, w_raw):
+            return self._error(Error.ENGINE, Kind.MATMUL, src)
+        return []
+
+    def _activations(self, f, x0, s0):
+        g = self.geometry
+        per = g.word_bits // 8
+        m, k = f["rows"], 32 * f["blocks"]
+        steps = b"".join(int(w).to_bytes(per, "little") for w in self.sram[x0:x0 + k])
+        codes = np.frombuffer(steps, dtype=np.int8).reshape(k, -1)[:, :m].T
+        xs = b"".join(int(w).to_bytes(per, "little")
+                      for w in self.sram[s0:s0 + g.xs_words * f["blocks"]])
+        pairs = np.frombuffer(xs, dtype=np.uint32).reshape(f["blocks"], g.rows)
+        d_x = (pairs[:, :m] & 0xFFFF).T.astype(np.uint16)
+        return codes, d_x
+
+
+def _nonfinite_scales(fmt, w_raw):
+    from .gguf_blocks import split_blocks
+    blocks = split_blocks(fmt, w_raw)
+    if fmt == "MXFP4":
+        return bool(np.any(np.asarray(blocks.e) == 0xFF))
+    fields = [blocks.d] + ([blocks.m] if fmt == "Q4_1" else [])
+    return any(bool(np.any((np.asarray(f).view(np.uint16) & 0x7C00) == 0x7C00))
+               for f in fields)
+
+
+def write_packet(addr, data):
+    return Kind.WRITE, [addr] + [int(d) for d in data]
+
+
+def matmul_packet(**fields):
+    return Kind.MATMUL, pack_fields(Kind.MATMUL, fields)
+
+
+def send_packet(**fields):
+    return Kind.SEND, pack_fields(Kind.SEND, fields)
+
+
+def done_packet(tag):
+    return Kind.DONE, pack_fields(Kind.DONE, {"tag": tag})

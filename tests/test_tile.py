@@ -1,0 +1,116 @@
+# amaranth: UnusedElaboratable=no
+"""The tile's golden model and the mesh driver (sim/tile.py, sim/mesh_program.py) against
+sim.dequant.matmul, and the parameter checks of the tile, the mesh and the edge interface. The
+RTL against the model: cocotb_tests/test_tile.py and test_tile_mesh.py."""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf.quants import quantize
+
+from rtl.config import WEIGHT_FORMATS, TesseraConfig
+from sim import dequant
+from sim import mesh_program as P
+from sim import tile as T
+
+
+def _weights(rng, fmt, n, k):
+    return quantize(rng.standard_normal((n, k)).astype(np.float32),
+                    getattr(GGMLQuantizationType, fmt))
+
+
+@pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
+@pytest.mark.parametrize("m", [1, 11, 32])
+def test_distributed_matmul_is_the_golden_matmul(fmt, m):
+    rng = np.random.default_rng(m)
+    k = 512 if fmt == "TQ2_0" else 96
+    g = T.TileGeometry().outputs_per_tile(fmt)
+    w_raw = _weights(rng, fmt, 4 * 3 * g, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    program = P.MatmulProgram(fmt, w_raw, x)
+    received = P.MeshModel().run(program.items)
+    y = program.result(received)
+    assert np.array_equal(y, dequant.matmul(fmt, w_raw, x).view(np.uint32))
+    # Every weight byte is sent once per group of activation rows, to one tile.
+    groups = -(-m // 8)
+    sent = sum(len(p.words) - 1 for p in program.packets()
+               if p.kind == T.Kind.WRITE and not p.multicast)
+    assert sent * 8 >= w_raw.size * groups
+
+
+@pytest.mark.parametrize("mesh", [(1, 1), (2, 1), (2, 2)])
+def test_the_split_covers_every_row_once(mesh):
+    rng = np.random.default_rng(3)
+    w_raw = _weights(rng, "Q4_0", 16 * 2 * mesh[0] * mesh[1], 64)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    program = P.MatmulProgram("Q4_0", w_raw, x, *mesh)
+    columns = sorted(c for _, _, c, _ in program.sends)
+    assert columns == list(range(0, w_raw.shape[0], 16))
+    assert {t for t, _, _, _ in program.sends} == set(program.tile_fields())
+
+
+def test_waits_keep_a_buffer_until_its_answer():
+    # Before chunk j + 2's weights go to a tile, the edge waits for that tile's answer j.
+    rng = np.random.default_rng(4)
+    program = P.MatmulProgram("Q4_1", _weights(rng, "Q4_1", 16 * 4 * 4, 64),
+                              rng.standard_normal((1, 64)).astype(np.float32))
+    waits = [item for item in program.items if isinstance(item, P.Wait)]
+    assert len(waits) == 4 * (4 - 2)
+    assert all(w.answers in (1, 2) for w in waits)
+
+
+def test_program_errors_name_the_problem():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^40 weight rows do not split into 4 tiles of whole "
+                                         r"16-row chunks$"):
+        P.MatmulProgram("Q4_0", _weights(rng, "Q4_0", 40, 64), x)
+    x = rng.standard_normal((1, 8192)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^a Q8_0 matmul with K = 8192 needs \d+ SRAM words "
+                                         r"per tile; the tile has 4096$"):
+        P.MatmulProgram("Q8_0", _weights(rng, "Q8_0", 32, 8192), x)
+
+
+def test_model_answers_bad_micro_ops():
+    tile = T.TileModel()
+    edge = (0, 1)
+    assert tile.receive(7, [1], edge) == [(edge, T.Kind.ERROR, [1 << T.Error.KIND | 7 << 8])]
+    assert tile.receive(T.Kind.DONE, [], edge)[0][2] == [1 << T.Error.LENGTH | 3 << 8]
+    assert tile.receive(T.Kind.WRITE, [4095, 1, 2], edge)[0][2] == \
+        [1 << T.Error.RANGE | 0 << 8]
+    assert tile.receive(*T.send_packet(addr=0, count=255, dst_x=0, dst_y=1), edge)[0][2] == \
+        [1 << T.Error.RANGE | 2 << 8]
+    assert tile.receive(*T.matmul_packet(mode=1, blocks=2, tiles=1, rows=0), edge)[0][2] == \
+        [1 << T.Error.SHAPE | 1 << 8]
+    assert tile.receive(*T.done_packet(9), edge) == [(edge, T.Kind.DONE, [9])]
+    assert tile.errors == (1 << T.Error.KIND | 1 << T.Error.LENGTH | 1 << T.Error.RANGE
+                           | 1 << T.Error.SHAPE)
+
+
+def test_fields_must_fit():
+    with pytest.raises(ValueError, match=r"^MATMUL field rows must fit 8 bits, not 256$"):
+        T.matmul_packet(rows=256)
+
+
+def test_tile_parameters_are_checked():
+    from rtl.tiles.tile import Tile
+    with pytest.raises(ValueError, match=r"^Tile needs flit_width equal to sram_width, not 128 "
+                                         r"and 64$"):
+        Tile(TesseraConfig(flit_width=128))
+    with pytest.raises(ValueError, match=r"^Tile needs array_rows·8 ≤ sram_width and "
+                                         r"array_rows·32 a multiple of sram_width, not "
+                                         r"array_rows 12 and sram_width 64$"):
+        Tile(TesseraConfig(array_rows=12))
+
+
+def test_edge_interface_takes_an_edge_endpoint():
+    from rtl.noc.flit import FlitFormat
+    from rtl.noc.interface import NetworkInterface
+    fmt = FlitFormat(2, 2, 64)
+    assert NetworkInterface(fmt, None, None, 4, field=(0, 1)).depth == 4
+    with pytest.raises(ValueError, match=r"^Network interface field must be an edge endpoint, "
+                                         r"not the tile at \(1, 1\)$"):
+        NetworkInterface(fmt, None, None, 4, field=(1, 1))
+    with pytest.raises(ValueError, match=r"^Network interface at an edge endpoint takes field, "
+                                         r"not x and y, not x=0 y=0$"):
+        NetworkInterface(fmt, 0, 0, 4, field=(0, 1))
