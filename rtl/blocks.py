@@ -11,12 +11,14 @@ from .noc.router import Router
 from .fp import (FP16ToFP32, FP32ToFP16, FP32ToInt, FPAdd, FPCompare, FPDiv, FPExp, FPMul,
                  FPReciprocal, Int32ToFP32)
 from .tiles.dequant import Dequantizer
+from .tile_mesh import TileMesh
 from .tiles.mac_array import MACArray
 from .tiles.matmul import MatmulEngine
 from .tiles.quantizer import Q8_0Quantizer
 from .tiles.requantizer import Requantizer
 from .tiles.sram import SRAM
 from .tiles.unpack import WeightUnpacker
+from .tiles.tile import Tile
 from .tiles.vector import VectorUnit
 
 
@@ -47,6 +49,11 @@ BLOCKS = {
     "matmul_engine": (lambda c: MatmulEngine.from_config(c),
                       "matmul engine: weight unpacker, transposer, MAC array and dequant "
                       "pipeline, GGUF blocks and Q8_0 activations to binary32 results"),
+    "tile": (lambda c: Tile(c),
+             "compute tile (without its network interface): SRAM, matmul engine, micro-op "
+             "sequencer"),
+    "tile_mesh": (lambda c: TileMesh(c),
+                  "mesh_x x mesh_y compute tiles with network interfaces on the NoC, edge port"),
     "vector_unit": (lambda c: VectorUnit.from_config(c),
                     "vector unit: norms, softmax, SiLU/GELU, RoPE, add/mul in binary32, one pass "
                     "per command, Q8_0 out"),
@@ -69,7 +76,7 @@ BLOCKS = {
 
 
 #: Blocks whose synthesis takes tens of minutes: `tessera demo` leaves them to their benches.
-SLOW_BLOCKS = ("matmul_engine", "vector_unit")
+SLOW_BLOCKS = ("matmul_engine", "tile", "tile_mesh", "vector_unit")
 
 
 def build_block(name, config=None):
