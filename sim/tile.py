@@ -143,7 +143,7 @@ def activation_layout(geometry, x_codes, d_x):
     in byte r, zero rows from M on), and ``d_x`` (M × K/32 raw fp16) with the code sums as
     ``xs_words`` words per block (row r's d in bits 32r..32r+15, its sum above)."""
     m, k = x_codes.shape
-    steps = np.zeros((k, geometry.rows), dtype=np.uint8)
+    steps = np.zeros((k, geometry.word_bits // 8), dtype=np.uint8)     # a word per k-step
     steps[:, :m] = np.asarray(x_codes, dtype=np.int8).T.view(np.uint8)
     x_words = _words(steps.reshape(-1), geometry.word_bits)
     sums = np.asarray(x_codes, dtype=np.int64).reshape(m, k // 32, 32).sum(axis=2)

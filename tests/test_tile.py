@@ -38,6 +38,21 @@ def test_distributed_matmul_is_the_golden_matmul(fmt, m):
     assert sent * 8 >= w_raw.size * groups
 
 
+@pytest.mark.parametrize("rows, cols", [(4, 4), (2, 8), (8, 3)])
+def test_smaller_arrays_take_a_word_per_k_step(rows, cols):
+    # Activation codes take one SRAM word per k-step whatever the array's rows.
+    rng = np.random.default_rng(rows)
+    geometry = T.TileGeometry(rows=rows, cols=cols)
+    w_raw = _weights(rng, "Q4_1", 2 * 2 * geometry.outputs_per_tile("Q4_1"), 64)
+    x = rng.standard_normal((rows + 1, 64)).astype(np.float32)
+    program = P.MatmulProgram("Q4_1", w_raw, x, 2, 1, geometry)
+    y = program.result(P.MeshModel(2, 1, geometry).run(program.items))
+    assert np.array_equal(y, dequant.matmul("Q4_1", w_raw, x).view(np.uint32))
+    x_words, _ = T.activation_layout(geometry, np.ones((1, 64), np.int8),
+                                     np.zeros((1, 2), np.uint16))
+    assert x_words == [1] * 64
+
+
 @pytest.mark.parametrize("mesh", [(1, 1), (2, 1), (2, 2)])
 def test_the_split_covers_every_row_once(mesh):
     rng = np.random.default_rng(3)

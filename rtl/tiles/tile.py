@@ -1,7 +1,7 @@
 """Compute tile: SRAM, matmul engine and a sequencer that executes the micro-ops arriving as
 NoC packets (docs/tile.md; golden model sim/tile.py)."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -262,8 +262,11 @@ class Tile(wiring.Component):
         outputs = Signal(24)            # N = tiles · G
         prod = Signal(40)               # N · blocks
         stride_rows = Signal(40)        # (rows − 1) · y_stride
-        w_bytes = Signal(48)
+        bytes_x8 = Signal(48)
         w_words = Signal(48)
+        ends = [Signal(48, name=f"end{i}") for i in range(4)]   # the regions' ends
+        # y_addr + r · y_stride for each array row r: the result address is then one add.
+        row_base = [Signal(32, name=f"row_base{r}") for r in range(rows)]
         last_count = Signal(range(width // 8 + 1))
         shape_ok = Signal()
         range_ok = Signal()
@@ -355,25 +358,34 @@ class Tile(wiring.Component):
                                 & ~((mode == mode_code("TQ2_0")) & (blocks[:3] != 0))),
                 ]
                 m.next = "MATMUL_BYTES"
+            # One multiplication or addition per state: this runs once per MATMUL and must not
+            # set the tile's clock.
             with m.State("MATMUL_BYTES"):
-                m.d.sync += prod.eq(outputs * blocks)
-                m.next = "MATMUL_RANGE"
-            with m.State("MATMUL_RANGE"):
-                bytes_x8 = Signal(48)
+                m.d.sync += [prod.eq(outputs * blocks)]
+                m.d.sync += [row_base[r].eq(y_addr + y_stride * r) for r in range(rows)]
+                m.next = "MATMUL_BYTES_X8"
+            with m.State("MATMUL_BYTES_X8"):
                 with m.Switch(mode):
                     for name, per in _BYTES_X8.items():
                         with m.Case(mode_code(name)):
-                            m.d.comb += bytes_x8.eq(prod * per)
+                            m.d.sync += bytes_x8.eq(prod * per)
+                m.next = "MATMUL_ENDS"
+            with m.State("MATMUL_ENDS"):
                 nbytes = bytes_x8 >> 3
-                words_ = (nbytes + (width // 8 - 1)) >> (width // 8 - 1).bit_length()
+                shift = (width // 8 - 1).bit_length()
+                words_ = (nbytes + (width // 8 - 1)) >> shift
                 m.d.sync += [
-                    w_bytes.eq(nbytes), w_words.eq(words_),
-                    last_count.eq((nbytes - 1)[:(width // 8 - 1).bit_length()] + 1),
-                    range_ok.eq((w_addr + words_ <= size)
-                                & (x_addr + (blocks << 5) <= size)
-                                & (xs_addr + blocks * xs_words <= size)
-                                & (y_addr + stride_rows + outputs <= size)),
+                    w_words.eq(words_),
+                    last_count.eq((nbytes - 1)[:shift] + 1),
+                    ends[0].eq(w_addr + words_),
+                    ends[1].eq(x_addr + (blocks << 5)),
+                    ends[2].eq(xs_addr + blocks * xs_words),
+                    ends[3].eq(y_addr + stride_rows + outputs),
                 ]
+                m.next = "MATMUL_RANGE"
+            with m.State("MATMUL_RANGE"):
+                m.d.sync += range_ok.eq((ends[0] <= size) & (ends[1] <= size)
+                                        & (ends[2] <= size) & (ends[3] <= size))
                 m.next = "MATMUL_CHECK"
             with m.State("MATMUL_CHECK"):
                 with m.If(~shape_ok):
@@ -467,7 +479,7 @@ class Tile(wiring.Component):
         result = engine.o.payload
         m.d.comb += [
             sram.i_result.valid.eq(engine.o.valid),
-            sram.i_result.payload.addr.eq(y_addr + result.row * y_stride + result.col),
+            sram.i_result.payload.addr.eq(Array(row_base)[result.row] + result.col),
             sram.i_result.payload.data.eq(result.value),
             engine.o.ready.eq(sram.i_result.ready),
             sram.o_result.ready.eq(1),

@@ -1,0 +1,139 @@
+"""A simulation-only driver of the tile mesh's edge port that plays a program from memory, so a
+long run needs no Python in the simulation loop (cocotb_tests/test_tile_mesh.py, make demo).
+
+The testbench writes the program into ``program`` through VPI before starting, pulses
+``start``, waits for ``done`` and reads what the edge received from ``capture``. Each entry of
+both memories is ``type`` (2 bits) above 64 bits of data:
+
+======= ===================================================================================
+type    data
+======= ===================================================================================
+HEADER  a packet's header (the edge interface's ``i_header``; in ``capture``: as received)
+WORD    one word of the packet
+WAIT    tile index (bits 0–7, y·X + x) and answer count (bits 8–39): continue once that tile
+        has sent that many packets to the edge
+END     stop; ``done`` rises
+======= ===================================================================================
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from rtl.tile_mesh import TileMesh
+
+
+__all__ = ["EdgePlayer", "HEADER", "WORD", "WAIT", "END", "ENTRY_BITS"]
+
+HEADER, WORD, WAIT, END = range(4)
+ENTRY_BITS = 66
+
+
+class EdgePlayer(wiring.Component):
+    """:class:`~rtl.tile_mesh.TileMesh` with its edge port driven from ``program`` and
+    recorded into ``capture``.
+
+    Members
+    -------
+    start : ``In(1)``
+        Play from entry 0 (clears the capture and the counters).
+    done : ``Out(1)``
+        The END entry was reached.
+    cycles : ``Out(32)``
+        Cycles from ``start`` to ``done``.
+    captured : ``Out(32)``
+        Entries written to ``capture``.
+    position : ``Out(32)``
+        The entry being played.
+    idle, stall : ``In(8)``
+        Random gaps: a cycle offers nothing to the mesh with probability ``idle``/256 and
+        refuses what the mesh offers with probability ``stall``/256 (from an LFSR).
+    errors : ``Out(8)``
+        The mesh's tiles' errors, ORed.
+    busy : ``Out(1)``
+        The mesh's ``busy``.
+    """
+
+    def __init__(self, config, program_depth=1 << 17, capture_depth=1 << 15):
+        self._config = config
+        self._program_depth = program_depth
+        self._capture_depth = capture_depth
+        super().__init__({
+            "start": In(1), "done": Out(1), "cycles": Out(32), "captured": Out(32),
+            "idle": In(8), "stall": In(8), "position": Out(32), "errors": Out(8),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self._config
+        X = config.mesh_x
+        tiles = config.mesh_x * config.mesh_y
+        m.submodules.mesh = mesh = TileMesh(config)
+        m.submodules.program = program = Memory(shape=ENTRY_BITS, depth=self._program_depth,
+                                                init=[])
+        m.submodules.capture = capture = Memory(shape=ENTRY_BITS, depth=self._capture_depth,
+                                                init=[])
+        read = program.read_port(domain="comb")
+        write = capture.write_port()
+
+        running = Signal()
+        pc = Signal(range(self._program_depth))
+        answers = [Signal(32, name=f"answers{t}") for t in range(tiles)]
+        entry = read.data
+        kind, data = entry[64:], entry[:64]
+        m.d.comb += read.addr.eq(pc)
+
+        waiting = Signal()
+        target = data[:8]
+        count = data[8:40]
+        for t in range(tiles):
+            with m.If(target == t):
+                m.d.comb += waiting.eq(answers[t] < count)
+
+        # x^16 + x^14 + x^13 + x^11 + 1, one step per cycle.
+        lfsr = Signal(16, init=0xACE1)
+        m.d.sync += lfsr.eq(Mux(lfsr[0], (lfsr >> 1) ^ 0xB400, lfsr >> 1))
+        offer = lfsr[:8] >= self.idle
+        take = lfsr[8:] >= self.stall
+        m.d.comb += [
+            mesh.i_header.payload.eq(data),
+            mesh.i.payload.eq(data),
+            mesh.i_header.valid.eq(running & offer & (kind == HEADER)),
+            mesh.i.valid.eq(running & offer & (kind == WORD)),
+        ]
+        advance = ((kind == HEADER) & mesh.i_header.valid & mesh.i_header.ready) \
+            | ((kind == WORD) & mesh.i.valid & mesh.i.ready) | ((kind == WAIT) & ~waiting)
+        with m.If(running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(kind == END):
+                m.d.sync += [running.eq(0), self.done.eq(1)]
+            with m.Elif(advance):
+                m.d.sync += pc.eq(pc + 1)
+
+        # The edge takes what the tiles send, one entry per cycle, a packet's words first.
+        header = mesh.o_header.payload.header
+        m.d.comb += [
+            mesh.o.ready.eq(take),
+            mesh.o_header.ready.eq(take & ~mesh.o.valid),
+            write.addr.eq(self.captured),
+        ]
+        with m.If(mesh.o_header.valid & mesh.o_header.ready):
+            m.d.comb += [write.en.eq(1), write.data.eq((HEADER << 64) | mesh.o_header.payload
+                                                       .as_value())]
+            for t in range(tiles):
+                with m.If((header.src_y - 1) * X + (header.src_x - 1) == t):
+                    m.d.sync += answers[t].eq(answers[t] + 1)
+            m.d.sync += self.captured.eq(self.captured + 1)
+        with m.Elif(mesh.o.valid & mesh.o.ready):
+            m.d.comb += [write.en.eq(1), write.data.eq((WORD << 64) | mesh.o.payload.data)]
+            m.d.sync += self.captured.eq(self.captured + 1)
+
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), pc.eq(0), self.done.eq(0), self.cycles.eq(0),
+                         self.captured.eq(0)]
+            m.d.sync += [a.eq(0) for a in answers]
+        m.d.comb += [self.errors.eq(mesh.errors), self.busy.eq(mesh.busy), self.position.eq(pc),
+                     mesh.clear.eq(0)]
+        return m
