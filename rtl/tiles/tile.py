@@ -475,16 +475,19 @@ class Tile(wiring.Component):
                 with m.If(~final):
                     m.d.sync += held.eq(Cat(held[width:], scales.o.payload.data))
 
-        # Results to SRAM, one binary32 per word, at y_addr + row · y_stride + col.
+        # Results to SRAM, one binary32 per word, at y_addr + row · y_stride + col. The address
+        # is computed into a FIFO, so that the SRAM's bank arbitration starts from a register.
         result = engine.o.payload
+        m.submodules.results = results = StreamFIFO(sram.i_result.payload.shape(), 2)
         m.d.comb += [
-            sram.i_result.valid.eq(engine.o.valid),
-            sram.i_result.payload.addr.eq(Array(row_base)[result.row] + result.col),
-            sram.i_result.payload.data.eq(result.value),
-            engine.o.ready.eq(sram.i_result.ready),
+            results.i.valid.eq(engine.o.valid),
+            results.i.payload.addr.eq(Array(row_base)[result.row] + result.col),
+            results.i.payload.data.eq(result.value),
+            engine.o.ready.eq(results.i.ready),
             sram.o_result.ready.eq(1),
         ]
-        m.d.sync += result_owed.eq(result_owed + (sram.i_result.valid & sram.i_result.ready)
+        wiring.connect(m, results.o, sram.i_result)
+        m.d.sync += result_owed.eq(result_owed + (results.i.valid & results.i.ready)
                                    - sram.o_result.valid)
         with m.If(sram.o_result.valid & (sram.o_result.payload.error != SRAMError.NONE)):
             m.d.sync += errors[Error.MEMORY].eq(1)
