@@ -102,8 +102,7 @@ def area_rows():
     Fmax |``)."""
     rows = []
     for doc, names in (("area.md", ("sram", "mac_array", "unpack", "dequant", "router",
-                                    "noc_interface", "mesh")),
-                       ("tile_performance.md", ("matmul_engine", "tile", "tile_mesh"))):
+                                    "noc_interface", "mesh")),):
         path = REPO / "docs" / doc
         if not path.exists():
             continue

@@ -280,6 +280,12 @@ class Tile(wiring.Component):
         for name in config.weight_formats:
             known = known | (mode == mode_code(name))
 
+        def reject(bit, kind):
+            # Answer the running micro-op with an ERROR packet and keep its bit.
+            m.d.sync += [errors[bit].eq(1), reply_kind.eq(Kind.ERROR),
+                         reply_word.eq((1 << bit) | (kind.value << 8))]
+            m.next = "REPLY"
+
         tx = self.o_header.payload
         reply_to = [tx.dst_x.eq(op.src_x), tx.dst_y.eq(op.src_y), tx.last_x.eq(op.src_x),
                     tx.last_y.eq(op.src_y), tx.length.eq(1)]
@@ -316,9 +322,7 @@ class Tile(wiring.Component):
                 # The answer is a WRITE packet: an address word and at most 254 data words.
                 with m.If((send_count == 0) | (send_count == 255)
                           | (send_addr + send_count > size)):
-                    m.d.sync += [errors[Error.RANGE].eq(1), reply_kind.eq(Kind.ERROR),
-                                 reply_word.eq((1 << Error.RANGE) | (Kind.SEND.value << 8))]
-                    m.next = "REPLY"
+                    reject(Error.RANGE, Kind.SEND)
                 with m.Else():
                     m.next = "SEND_HEADER"
             with m.State("SEND_HEADER"):
@@ -389,13 +393,9 @@ class Tile(wiring.Component):
                 m.next = "MATMUL_CHECK"
             with m.State("MATMUL_CHECK"):
                 with m.If(~shape_ok):
-                    m.d.sync += [errors[Error.SHAPE].eq(1), reply_kind.eq(Kind.ERROR),
-                                 reply_word.eq((1 << Error.SHAPE) | (Kind.MATMUL.value << 8))]
-                    m.next = "REPLY"
+                    reject(Error.SHAPE, Kind.MATMUL)
                 with m.Elif(~range_ok):
-                    m.d.sync += [errors[Error.RANGE].eq(1), reply_kind.eq(Kind.ERROR),
-                                 reply_word.eq((1 << Error.RANGE) | (Kind.MATMUL.value << 8))]
-                    m.next = "REPLY"
+                    reject(Error.RANGE, Kind.MATMUL)
                 with m.Else():
                     m.d.sync += sent.eq(0)
                     m.next = "MATMUL_START"
