@@ -1,9 +1,10 @@
 """A simulation-only driver of the tile mesh's edge port that plays a program from memory, so a
 long run needs no Python in the simulation loop (cocotb_tests/test_tile_mesh.py, make demo).
 
-The testbench writes the program into ``program`` through VPI before starting, pulses
-``start``, waits for ``done`` and reads what the edge received from ``capture``. Each entry of
-both memories is ``type`` (2 bits) above 64 bits of data:
+The testbench writes the program into ``program_ram.mem`` through VPI before starting, pulses
+``start``, waits for ``done`` and reads what the edge received from ``capture_ram.mem``. The two
+memories are Verilog (:data:`VERILOG`, to be built with the player). Each entry of both is
+``type`` (2 bits) above 64 bits of data:
 
 ======= ===================================================================================
 type    data
@@ -16,18 +17,35 @@ END     stop; ``done`` rises
 ======= ===================================================================================
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from pathlib import Path
+
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from rtl.tile_mesh import TileMesh
 
 
-__all__ = ["EdgePlayer", "HEADER", "WORD", "WAIT", "END", "ENTRY_BITS"]
+__all__ = ["EdgePlayer", "HEADER", "WORD", "WAIT", "END", "ENTRY_BITS", "VERILOG"]
 
 HEADER, WORD, WAIT, END = range(4)
 ENTRY_BITS = 66
+
+
+#: The Verilog of the two memories, for :func:`cocotb_tests.harness.run`'s ``verilog_sources``.
+VERILOG = Path(__file__).with_name("player_ram.v")
+
+
+def _ram(depth, *, raddr, rdata, we=None, waddr=None, wdata=None):
+    """One ``tessera_player_ram`` (:data:`VERILOG`): ``rdata`` is ``mem[raddr]`` without a
+    clock; ``wdata`` is written at ``waddr`` on the clock edge when ``we``."""
+    abits = len(raddr)
+    return Instance("tessera_player_ram",
+                    p_WIDTH=ENTRY_BITS, p_DEPTH=depth, p_ABITS=abits,
+                    i_clk=ClockSignal(), i_raddr=raddr, o_rdata=rdata,
+                    i_we=Const(0) if we is None else we,
+                    i_waddr=Const(0, abits) if waddr is None else waddr,
+                    i_wdata=Const(0, ENTRY_BITS) if wdata is None else wdata)
 
 
 class EdgePlayer(wiring.Component):
@@ -71,19 +89,18 @@ class EdgePlayer(wiring.Component):
         X = config.mesh_x
         tiles = config.mesh_x * config.mesh_y
         m.submodules.mesh = mesh = TileMesh(config)
-        m.submodules.program = program = Memory(shape=ENTRY_BITS, depth=self._program_depth,
-                                                init=[])
-        m.submodules.capture = capture = Memory(shape=ENTRY_BITS, depth=self._capture_depth,
-                                                init=[])
-        read = program.read_port(domain="comb")
-        write = capture.write_port()
-
         running = Signal()
         pc = Signal(range(self._program_depth))
+        entry = Signal(ENTRY_BITS)
+        m.submodules.program_ram = _ram(self._program_depth, raddr=pc, rdata=entry)
+        write_addr = Signal(range(self._capture_depth))
+        write_en = Signal()
+        write_data = Signal(ENTRY_BITS)
+        m.submodules.capture_ram = _ram(self._capture_depth, raddr=write_addr,
+                                        rdata=Signal(ENTRY_BITS), we=write_en,
+                                        waddr=write_addr, wdata=write_data)
         answers = [Signal(32, name=f"answers{t}") for t in range(tiles)]
-        entry = read.data
         kind, data = entry[64:], entry[:64]
-        m.d.comb += read.addr.eq(pc)
 
         waiting = Signal()
         target = data[:8]
@@ -117,17 +134,17 @@ class EdgePlayer(wiring.Component):
         m.d.comb += [
             mesh.o.ready.eq(take),
             mesh.o_header.ready.eq(take & ~mesh.o.valid),
-            write.addr.eq(self.captured),
+            write_addr.eq(self.captured),
         ]
         with m.If(mesh.o_header.valid & mesh.o_header.ready):
-            m.d.comb += [write.en.eq(1), write.data.eq((HEADER << 64) | mesh.o_header.payload
+            m.d.comb += [write_en.eq(1), write_data.eq((HEADER << 64) | mesh.o_header.payload
                                                        .as_value())]
             for t in range(tiles):
                 with m.If((header.src_y - 1) * X + (header.src_x - 1) == t):
                     m.d.sync += answers[t].eq(answers[t] + 1)
             m.d.sync += self.captured.eq(self.captured + 1)
         with m.Elif(mesh.o.valid & mesh.o.ready):
-            m.d.comb += [write.en.eq(1), write.data.eq((WORD << 64) | mesh.o.payload.data)]
+            m.d.comb += [write_en.eq(1), write_data.eq((WORD << 64) | mesh.o.payload.data)]
             m.d.sync += self.captured.eq(self.captured + 1)
 
         with m.If(self.start):

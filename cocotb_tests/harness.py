@@ -7,8 +7,9 @@ What it does for every test:
   hash of the Verilog, the Verilator version and the build flags, lives under ``build/sim/``
   (outside git) and is locked, so parallel pytest-xdist workers share one build;
 - runs the cocotb module with a random seed, printed, or the one in ``TESSERA_SEED`` to replay;
-- when the test fails, runs it again with the same seed and FST tracing on, keeps the waveform
-  and names its path (and the replay command) in the failure.
+- when the test fails, runs it again with the same seed and FST tracing on (for a lean build,
+  the default, on a second build with tracing compiled in), keeps the waveform and names its
+  path (and the replay command) in the failure.
 
 Testbenches read their seed and parameters with :func:`seed` and :func:`params`.
 """
@@ -37,8 +38,8 @@ __all__ = ["SimulationFailure", "BuildResult", "build", "run", "seed", "params",
 REPO = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("TESSERA_BUILD_DIR", REPO / "build"))
 
-# Assertions in the emitted Verilog must fire; tracing is compiled in (costs little while off)
-# so that a failing test can be replayed with a waveform without a second build.
+# Assertions in the emitted Verilog must fire. Tracing is compiled into a build made with
+# ``lean=False`` (and into a lean build's replay build, see build()).
 _VERILATOR_ARGS = ["--assert", "--trace-fst", "--trace-structs", "-Wno-fatal", "-O2",
                    "--x-assign", "fast", "--x-initial", "fast"]
 
@@ -112,15 +113,40 @@ def _verilator_env():
 QUICK_BUILD = ["-CFLAGS", "-O0"]
 
 
-def build(component, toplevel, *, quick=False):
+def _lean_runner():
+    """cocotb's Verilator runner without ``--public-flat-rw``, which makes every signal of the
+    design public: Verilator may then optimise none of them away, and on the tile mesh that
+    made 230 MB of C++ (31 MB of it registering signals for VPI) that simulated 300 cycles/s.
+    A lean build makes only the top module's signals public (a control file), so a testbench
+    sees its ports and the top module's own memories, nothing deeper."""
+    from cocotb_tools.runner import Verilator
+
+    class LeanVerilator(Verilator):
+        def _build_command(self):
+            commands = super()._build_command()
+            commands[0] = [arg for arg in commands[0] if arg != "--public-flat-rw"]
+            return commands
+    return LeanVerilator()
+
+
+def build(component, toplevel, *, quick=False, lean=True, waves=True, verilog_sources=()):
     """Build ``component`` as Verilog module ``toplevel``; reuse an identical earlier build.
-    ``quick`` compiles the model without C++ optimisation (:data:`QUICK_BUILD`)."""
-    from cocotb_tools.runner import get_runner
+
+    ``quick`` compiles the model without C++ optimisation (:data:`QUICK_BUILD`). ``lean``
+    hides everything below the top module from VPI (:func:`_lean_runner`); a lean build
+    compiles tracing in only with ``waves``, which :func:`run` asks for when a test failed.
+    ``verilog_sources`` are hand-written Verilog files the component instantiates (simulation
+    models); their text is part of the build's key.
+    """
+    from cocotb_tools.runner import VerilatorControlFile, get_runner
 
     version = _verilator_env()
     text = verilog.convert(component, name=toplevel, emit_src=False)
+    text += "".join(Path(path).read_text() for path in verilog_sources)
     args = _VERILATOR_ARGS + (QUICK_BUILD if quick else [])
-    flags = " ".join(args)
+    if lean and not waves:
+        args = [arg for arg in args if not arg.startswith("--trace")]
+    flags = " ".join(args) + (" lean" if lean else "")
     key = hashlib.sha256("\0".join([text, version, flags]).encode())
     directory = BUILD / "sim" / f"{toplevel}-{key.hexdigest()[:16]}"
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -135,10 +161,16 @@ def build(component, toplevel, *, quick=False):
         directory.mkdir(parents=True)
         source = directory / f"{toplevel}.v"
         source.write_text(text)
-        runner = get_runner("verilator")
+        sources = [source]
+        if lean:
+            control = directory / "public.vlt"
+            control.write_text(f'`verilator_config\npublic_flat_rw -module "{toplevel}" '
+                               f'-var "*"\n')
+            sources.insert(0, VerilatorControlFile(control))
+        runner = _lean_runner() if lean else get_runner("verilator")
         # The user's CFLAGS come after Verilator's own -Os on gcc's command line, so they win.
-        runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=directory,
-                     build_args=args, waves=True, timescale=("1ns", "1ps"),
+        runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=directory,
+                     build_args=args, waves=waves, timescale=("1ns", "1ps"),
                      log_file=directory / "build.log")
         done.write_text(f"{toplevel}\n")
     return BuildResult(directory, toplevel, False, time.monotonic() - start)
@@ -150,17 +182,19 @@ def _run_name():
 
 
 def run(component, *, toplevel, test_module, testcase=None, parameters=None, timeout_s=None,
-        quick_build=False):
+        quick_build=False, lean=True, verilog_sources=()):
     """Build ``component`` and run cocotb ``test_module`` (a dotted module name) against it.
 
     ``parameters`` (JSON-serialisable) reach the testbench through :func:`params`.
-    ``quick_build`` is :func:`build`'s ``quick``. Raises :class:`SimulationFailure` when a
-    cocotb test fails.
+    ``quick_build``, ``lean`` and ``verilog_sources`` are :func:`build`'s ``quick``, ``lean``
+    and ``verilog_sources``; a failed lean run is replayed on a second build, with tracing.
+    Raises :class:`SimulationFailure` when a cocotb test fails.
     """
-    from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
 
-    built = build(component, toplevel, quick=quick_build)
+    built = build(component, toplevel, quick=quick_build, lean=lean, waves=not lean,
+                  verilog_sources=verilog_sources)
     chosen = os.environ.get("TESSERA_SEED")
     seed_value = int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
     name = _run_name()
@@ -182,11 +216,17 @@ def run(component, *, toplevel, test_module, testcase=None, parameters=None, tim
     def attempt(waves):
         results = test_dir / ("results-waves.xml" if waves else "results.xml")
         log = test_dir / ("sim-waves.log" if waves else "sim.log")
-        runner = get_runner("verilator")
+        model = built
+        if waves and lean:
+            print(f"[tessera] {name}: failed; building a traced model to replay it",
+                  file=sys.stderr)
+            model = build(component, toplevel, quick=quick_build, lean=True, waves=True,
+                          verilog_sources=verilog_sources)
+        runner = _lean_runner() if lean else get_runner("verilator")
         try:
             runner.test(test_module=test_module, hdl_toplevel=toplevel, testcase=testcase,
                         hdl_toplevel_lang="verilog",
-                        build_dir=built.directory, test_dir=test_dir, seed=seed_value,
+                        build_dir=model.directory, test_dir=test_dir, seed=seed_value,
                         extra_env=env, waves=waves, results_xml=str(results), log_file=log,
                         test_args=["--trace-file", str(test_dir / "waves.fst")] if waves else [])
         except (SystemExit, RuntimeError):

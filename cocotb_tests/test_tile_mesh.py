@@ -71,7 +71,7 @@ async def play(dut, entries, *, idle=0, stall=0, progress=None, limit=10_000_000
     """Load ``entries``, run them to END and until the mesh is idle; returns (cycles, captured
     packets' entries). ``progress(fraction)`` is called every few thousand cycles."""
     for i, entry in enumerate(entries):
-        dut.program[i].value = entry
+        dut.program_ram.mem[i].value = entry
     dut.idle.value, dut.stall.value = idle, stall
     dut.start.value = 1
     await RisingEdge(dut.clk)
@@ -89,7 +89,8 @@ async def play(dut, entries, *, idle=0, stall=0, progress=None, limit=10_000_000
     while int(dut.busy.value):
         await ClockCycles(dut.clk, 100)
     await ClockCycles(dut.clk, 20)
-    captured = [int(dut.capture[i].value) for i in range(int(dut.captured.value))]
+    captured = [int(dut.capture_ram.mem[i].value)
+                for i in range(int(dut.captured.value))]
     return cycles, captured
 
 
@@ -201,9 +202,10 @@ def _run(config, jobs, testcase="mesh_matmul", **extra):
     from dataclasses import asdict
     from rtl.noc.flit import FlitFormat
     from sim.tile import TileGeometry
-    from .edge_player import EdgePlayer
+    from .edge_player import VERILOG, EdgePlayer
     harness.run(EdgePlayer(config), toplevel="tile_mesh_player",
                 test_module="cocotb_tests.test_tile_mesh", testcase=testcase, quick_build=True,
+                verilog_sources=[VERILOG],
                 parameters={"offsets": _offsets(FlitFormat.from_config(config)),
                             "mesh_x": config.mesh_x,
                             "mesh_y": config.mesh_y,

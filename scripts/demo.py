@@ -53,7 +53,7 @@ def simulate(config, jobs, workdir, progress):
     """Run the jobs on the RTL mesh; ``progress(phase, fraction)`` is called while it runs."""
     from dataclasses import asdict
     from cocotb_tests import harness
-    from cocotb_tests.edge_player import EdgePlayer
+    from cocotb_tests.edge_player import VERILOG, EdgePlayer
     from cocotb_tests.test_tile_mesh import _offsets
     from rtl.noc.flit import FlitFormat
     from sim.tile import TileGeometry
@@ -64,7 +64,7 @@ def simulate(config, jobs, workdir, progress):
         try:
             harness.run(EdgePlayer(config), toplevel="tile_mesh_player",
                         test_module="cocotb_tests.test_tile_mesh", testcase="demo_run",
-                        quick_build=True,
+                        quick_build=True, verilog_sources=[VERILOG],
                         parameters={"offsets": _offsets(FlitFormat.from_config(config)),
                                     "mesh_x": config.mesh_x,
                                     "mesh_y": config.mesh_y,
