@@ -24,7 +24,12 @@ Programs:
   the queue, at full rate and under heavy stalls;
 - every kind of bad micro-op on its own between good ones (each must set its flag and be
   answered with the model's ERROR word; ``clear`` then clears it) and the limits that are not
-  errors (regions ending exactly at the end of the SRAM).
+  errors (regions ending exactly at the end of the SRAM);
+- poisoned packets of every kind (the NoC's mark on a packet a router repaired: on its last
+  word, or on its header when no words arrived; some cut short of their header's length), on
+  their own between good ones and then many in a row: each is answered POISON, and SENDs of
+  the regions show that a poisoned WRITE wrote the data words before its last and not the last
+  (nothing when its header's region leaves the SRAM) and that a poisoned MATMUL wrote nothing.
 
 Operand words carry random junk in the bits no field uses, which the tile must ignore.
 
@@ -95,15 +100,17 @@ def f32(bits_):
 @dataclass
 class Program:
     """Packets to send and the model's replies to them. ``replies`` holds
-    ``(dst, kind, words, packet index)``; ``errors`` is the model's sticky flags after the last
-    packet; ``clear`` pulses the tile's ``clear`` (and clears the model's) afterwards;
-    ``overlap`` offers the words independently of the headers (:class:`Bench`)."""
+    ``(dst, kind, words, packet index)``; ``marks`` holds each packet's ``(poison, length)``
+    (its header's length); ``errors`` is the model's sticky flags after the last packet;
+    ``clear`` pulses the tile's ``clear`` (and clears the model's) afterwards; ``overlap``
+    offers the words independently of the headers (:class:`Bench`)."""
     label: str
     model: TileModel
     prng: random.Random
     idle: float = 0.3
     stall: float = 0.3
     packets: list = field(default_factory=list)
+    marks: list = field(default_factory=list)
     replies: list = field(default_factory=list)
     errors: int = 0
     clear: bool = False
@@ -113,14 +120,16 @@ class Program:
     def word_bits(self):
         return self.model.geometry.word_bits
 
-    def add(self, kind, words, src=SENDER):
-        """Send one packet; returns the model's replies to it."""
+    def add(self, kind, words, src=SENDER, *, poison=False, length=None):
+        """Send one packet (``poison``: with the NoC's mark, its header saying ``length`` when
+        it arrives cut short); returns the model's replies to it."""
         index = len(self.packets)
         src = tuple(int(v) for v in src)
         words = [int(w) for w in words]
         self.packets.append((src, int(kind), words))
+        self.marks.append((bool(poison), len(words) if length is None else length))
         new = [(tuple(int(v) for v in dst), int(k), [int(v) for v in w], index)
-               for dst, k, w in self.model.receive(kind, words, src)]
+               for dst, k, w in self.model.receive(kind, words, src, poison, length=length)]
         self.replies += new
         return new
 
@@ -460,6 +469,123 @@ def bad_programs(geometry, model, nrng, prng, senders):
     return programs
 
 
+def poison_programs(geometry, model, nrng, prng, senders):
+    """Each kind of poisoned packet on its own between good ones, then ``clear``; then all of
+    them in a row with good micro-ops between, at full rate with the words offered
+    independently of the headers, and under heavy stalls."""
+    size = geometry.words
+    bits = geometry.word_bits
+    noise = lambda n: [prng.getrandbits(bits) for _ in range(n)]  # noqa: E731
+    programs = []
+    setup = Program("poisoned packets: setup", model, prng)
+    job = make_job(geometry, nrng, "Q4_1", 3, tiles=1, blocks=2)
+    load(setup, job, Regions(prng, size - 512))
+    setup.done()
+    programs.append(setup.finish())
+    results = (job.m - 1) * job.y_stride + job.n
+    scratch = size - 256            # the WRITEs' regions, beyond the job's
+
+    # WRITEs: (label, addr, the header's length, words that arrive, new data words the region
+    # must then hold, region words checked). The rule, stated here on its own: the data words
+    # that arrive before the poisoned last one are written, unless the header's region leaves
+    # the SRAM; the poisoned word is not.
+    writes = [
+        ("WRITE of 6 data words, the last poisoned", scratch, 7, 7, 5, 6),
+        ("WRITE of 1 data word, poisoned", scratch + 9, 2, 2, 0, 1),
+        ("WRITE of 200 data words, the last poisoned", scratch + 12, 201, 201, 199, 200),
+        ("WRITE cut short after 3 of 10 data words", scratch + 230, 11, 4, 2, 10),
+        ("WRITE of an address only, poisoned", scratch, 1, 1, 0, 0),
+        ("WRITE cut short at its address word", scratch, 5, 1, 0, 4),
+        ("WRITE cut at its head", scratch, 5, 0, 0, 4),
+        ("WRITE of length 0, poisoned", scratch, 0, 0, 0, 0),
+        ("WRITE to the end of the SRAM, the last poisoned", size - 5, 6, 6, 4, 5),
+        ("WRITE beyond the SRAM, poisoned", size - 6, 11, 11, 0, 6),
+        ("WRITE whose length runs beyond the SRAM, cut short", size - 4, 10, 3, 0, 4),
+    ]
+    mm = with_junk(Kind.MATMUL, matmul_packet(**job.fields())[1], prng, bits)
+    snd = with_junk(Kind.SEND, send_packet(addr=job.y_addr, count=4, dst_x=SENDER[0],
+                                           dst_y=SENDER[1])[1], prng, bits)
+    # Queued micro-ops: (label, kind, words that arrive, the header's length).
+    ops = [
+        ("MATMUL, the last word poisoned", Kind.MATMUL, mm, 4),
+        ("MATMUL cut short after 2 words", Kind.MATMUL, mm[:2], 4),
+        ("MATMUL cut at its head", Kind.MATMUL, [], 4),
+        ("MATMUL of 5 words, poisoned", Kind.MATMUL, mm + noise(1), 5),
+        ("SEND, the last word poisoned", Kind.SEND, snd, 2),
+        ("SEND cut short after 1 word", Kind.SEND, snd[:1], 2),
+        ("DONE, its word poisoned", Kind.DONE, noise(1), 1),
+        ("DONE cut at its head", Kind.DONE, [], 1),
+        ("DONE of length 0, poisoned", Kind.DONE, [], 0),
+        ("unknown kind 7 with 2 words, poisoned", 7, noise(2), 2),
+        ("unknown kind 4 cut at its head", 4, [], 3),
+        ("an ERROR packet sent to the tile, poisoned", Kind.ERROR, noise(1), 1),
+    ]
+
+    def poisoned(prog, kind, words, length, src, label):
+        replies = prog.add(kind, words, src, poison=True, length=length)
+        want = (src, Kind.ERROR, [(1 << Error.POISON) | (int(kind) << 8)],
+                len(prog.packets) - 1)
+        assert replies == [want], f"{label}: the model answers {replies}, not {want}"
+
+    # ``check``: write the region first and SEND it after. (Not in a row: a WRITE must not
+    # overwrite a region that a queued SEND still reads, and the cases' regions overlap.)
+    def poisoned_write(prog, case, src, check):
+        label, addr, length, arrived, keep, region = case
+        old, new = noise(region), noise(max(length - 1, 0))
+        if check and region:
+            prog.write(addr, old, split=False)
+        junk = prng.getrandbits(bits - 32) << 32
+        poisoned(prog, Kind.WRITE, ([addr | junk] + new)[:arrived], length, src, label)
+        if check and region:
+            assert prog.send(addr, region) == new[:keep] + old[keep:], \
+                f"{label}: the model's SRAM is not what the WRITE rule leaves"
+
+    def poisoned_op(prog, case, src, check):
+        label, kind, words, length = case
+        check = check and kind == Kind.MATMUL
+        stale = noise(results)
+        if check:
+            prog.write(job.y_addr, stale)
+        poisoned(prog, kind, words, length, src, label)
+        if check:
+            # A MATMUL that ran would have overwritten them.
+            assert prog.send(job.y_addr, results) == stale, f"{label}: the model ran it"
+
+    cases = ([(case[0], poisoned_write, case) for case in writes]
+             + [(case[0], poisoned_op, case) for case in ops])
+    for label, run, case in cases:
+        idle, stall = prng.choice([(0.3, 0.3), (0.0, 0.0), (0.5, 0.5)])
+        prog = Program(f"poisoned packet: {label}", model, prng, idle, stall)
+        src = prng.choice(senders)
+        prog.done(prng.choice(senders))
+        run(prog, case, src, True)
+        matmul(prog, job)
+        send_results(prog, job)
+        prog.done()
+        prog.label += f" (from {src}, idle {idle}, stall {stall})"
+        programs.append(prog.finish(clear=True))
+        assert prog.errors == 1 << Error.POISON
+
+    for label, idle, stall, overlap in (("full rate, words offered early", 0.0, 0.0, True),
+                                        ("heavy stalls", 0.5, 0.7, False)):
+        prog = Program(f"poisoned packets in a row ({label})", model, prng, idle, stall,
+                       overlap=overlap)
+        for _, run, case in prng.sample(cases, len(cases)):
+            run(prog, case, prng.choice(senders), False)
+            if prng.random() < 0.5:
+                prog.done(prng.choice(senders))
+            else:
+                prog.send(job.y_addr + prng.randrange(0, results - 3), prng.randint(1, 3),
+                          prng.choice(senders), prng.choice(senders))
+        prog.send(scratch, size - scratch)      # what the poisoned WRITEs left, the model's
+        matmul(prog, job)
+        send_results(prog, job)
+        prog.done()
+        programs.append(prog.finish(clear=True))
+        assert prog.errors == 1 << Error.POISON
+    return programs
+
+
 def edge_case_programs(geometry, model, nrng, prng, senders):
     """Where this testbench first found the RTL and the model apart (each program's replies
     are the model's)."""
@@ -519,6 +645,7 @@ def edge_case_programs(geometry, model, nrng, prng, senders):
 
 PROGRAMS = {"programs": lambda *a: format_programs(*a) + back_to_back_programs(*a),
             "bad_micro_ops": bad_programs,
+            "poisoned_packets": poison_programs,
             "edge_cases": edge_case_programs}
 
 
@@ -592,14 +719,18 @@ class Bench:
     def encode(self, program):
         o = self.offsets
         headers, words = [], []
-        for src, kind, data in program.packets:
+        for (src, kind, data), (poison, length) in zip(program.packets, program.marks):
             header = pack({"dst_x": 1, "dst_y": 1, "last_x": 1, "last_y": 1, "src_x": src[0],
                            "src_y": src[1], "multicast": 0, "kind": kind,
-                           "length": len(data)}, o["header"])
-            headers.append(pack({"header": header, "poison": 0}, o["rx"]))
+                           "length": length}, o["header"])
+            # Poison where the interface puts it: on the last word that arrived, or on the
+            # header when none did.
+            headers.append(pack({"header": header, "poison": int(poison and not data)},
+                                o["rx"]))
             for i, value in enumerate(data):
-                words.append(pack({"data": value, "last": int(i == len(data) - 1),
-                                   "poison": 0}, o["word"]))
+                last = i == len(data) - 1
+                words.append(pack({"data": value, "last": int(last),
+                                   "poison": int(poison and last)}, o["word"]))
         return headers, words
 
     @staticmethod
@@ -770,6 +901,11 @@ async def bad_micro_ops(dut):
 
 
 @cocotb.test()
+async def poisoned_packets(dut):
+    await run_all(dut, "poisoned_packets")
+
+
+@cocotb.test()
 async def edge_cases(dut):
     await run_all(dut, "edge_cases")
 
@@ -821,7 +957,7 @@ def test_programs_model_only():
     config = _config()
     p = _params(config)
     geometry = TileGeometry(**p["geometry"])
-    for which in ("programs", "bad_micro_ops"):
+    for which in ("programs", "bad_micro_ops", "poisoned_packets"):
         for program in build_programs(which, geometry, 12345, p["mesh"]):
             assert all(len(w) <= 255 for _, _, w in program.packets)
             assert all(len(w) <= 255 for _, _, w, _ in program.replies)
@@ -833,6 +969,10 @@ def test_tile_programs():
 
 def test_tile_bad_micro_ops():
     _run("bad_micro_ops")
+
+
+def test_tile_poisoned_packets():
+    _run("poisoned_packets")
 
 
 def test_tile_edge_cases():

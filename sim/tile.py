@@ -21,7 +21,13 @@ WRITE packets are executed as they arrive; MATMUL, SEND and DONE are queued and 
 order. A program must not WRITE a region that a queued or running MATMUL or SEND still reads
 (the driver waits for an answer first), and a MATMUL's result region must not overlap its
 operand regions (the engine re-reads the activations for every engine tile while it writes
-results). The tile ignores the NoC's ``poison`` mark.
+results).
+
+A packet with the NoC's ``poison`` mark (a router repaired it: the mark is on its last word, or
+on its header when no words arrived; it may have fewer words than its header's ``length``) is
+not executed but answered with ERROR (POISON), whatever else is wrong with it: its length and
+words are not what was sent. Of a poisoned WRITE, the data words before the last are in SRAM
+already (written on arrival, if the header's region fits the SRAM); the last is not written.
 """
 
 from dataclasses import dataclass, field
@@ -54,6 +60,7 @@ class Error(IntEnum):
     SHAPE = 3       # a matmul the engine cannot take (mode, blocks, tiles, rows)
     MEMORY = 4      # an SRAM response with an uncorrectable error
     ENGINE = 5      # the matmul engine flagged its input
+    POISON = 6      # a packet a router repaired (the NoC's poison mark)
 
 
 #: Operand fields: name → (word, offset, width).
@@ -170,11 +177,36 @@ class TileModel:
         self.errors |= 1 << bit
         return [(src, Kind.ERROR, [(1 << bit) | (int(kind) << 8)])]
 
-    def receive(self, kind, words, src):
-        """Execute the micro-op of a packet of ``kind`` with ``words`` from ``src`` (field
-        coordinates); returns the packets sent, as (destination, kind, words)."""
+    def receive(self, kind, words, src, poison=False, *, length=None):
+        """Execute the micro-op of a packet and return the packets the tile sends, as
+        (destination, kind, words).
+
+        Parameters
+        ----------
+        kind : int
+        words : list of int
+            The words that arrived.
+        src : tuple of int
+            The sender (field coordinates).
+        poison : bool
+            The packet carries the NoC's poison mark: answered with ERROR (POISON).
+        length : int or None
+            The header's ``length``, when a poisoned packet arrived cut short; the words'
+            count by default. (It decides whether a poisoned WRITE's region fits the SRAM.)
+        """
         words = [int(w) for w in words]
         size = self.geometry.words
+        length = len(words) if length is None else length
+        if length < len(words) or (length > len(words) and not poison):
+            raise ValueError(f"Packet length must be {len(words)}, or more for a poisoned "
+                             f"packet cut short, not {length}")
+        if poison:
+            # A WRITE's words went to SRAM as they arrived: all but the poisoned last one.
+            if kind == Kind.WRITE and len(words) > 1:
+                addr = words[0] & 0xFFFFFFFF
+                if addr + length - 1 <= size:
+                    self.sram[addr:addr + len(words) - 2] = words[1:-1]
+            return self._error(Error.POISON, kind, src)
         if kind == Kind.WRITE:
             if len(words) < 1:
                 return self._error(Error.LENGTH, kind, src)

@@ -102,6 +102,65 @@ def test_model_answers_bad_micro_ops():
                            | 1 << T.Error.SHAPE)
 
 
+def test_model_answers_poisoned_packets():
+    # A poisoned packet is answered POISON, whatever else is wrong with it; a poisoned WRITE
+    # leaves the words before its last in SRAM and does not write the last.
+    tile = T.TileModel()
+    edge = (0, 1)
+
+    def poison(kind, words, **kw):
+        return tile.receive(kind, words, edge, poison=True, **kw)
+
+    def answer(kind):
+        return [(edge, T.Kind.ERROR, [1 << T.Error.POISON | int(kind) << 8])]
+
+    tile.sram[10:14] = [7, 7, 7, 7]
+    assert poison(T.Kind.WRITE, [10, 1, 2, 3]) == answer(T.Kind.WRITE)
+    assert list(tile.sram[10:14]) == [1, 2, 7, 7]
+    assert poison(T.Kind.WRITE, [12]) == answer(T.Kind.WRITE)     # an address only
+    assert poison(T.Kind.WRITE, []) == answer(T.Kind.WRITE)       # cut at its head
+    # Cut short: the header's length decides whether the region fits, as in the tile, which
+    # checks it at the address word.
+    assert poison(T.Kind.WRITE, [20, 5, 6], length=200) == answer(T.Kind.WRITE)
+    assert list(tile.sram[20:22]) == [5, 0]
+    assert poison(T.Kind.WRITE, [4090, 5, 6], length=10) == answer(T.Kind.WRITE)
+    assert list(tile.sram[4090:4092]) == [0, 0]
+    assert poison(T.Kind.WRITE, [4094, 5, 6]) == answer(T.Kind.WRITE)
+    assert list(tile.sram[4094:4096]) == [5, 0]
+    assert tile.errors == 1 << T.Error.POISON
+
+    # Queued micro-ops are not run: no DONE, no SEND, the MATMUL's results untouched.
+    assert poison(*T.done_packet(9)) == answer(T.Kind.DONE)
+    assert poison(T.Kind.DONE, []) == answer(T.Kind.DONE)
+    assert poison(*T.send_packet(addr=10, count=2, dst_x=0, dst_y=1)) == answer(T.Kind.SEND)
+    tile.sram[300:316] = 5          # a MATMUL of the zero SRAM would write zeros here
+    assert poison(*T.matmul_packet(mode=1, blocks=1, tiles=1, rows=1, w_addr=0, x_addr=100,
+                                   xs_addr=200, y_addr=300, y_stride=16)) \
+        == answer(T.Kind.MATMUL)
+    assert list(tile.sram[300:316]) == [5] * 16
+    # Other errors give way to poison.
+    assert poison(7, [1, 2]) == answer(7)
+    assert poison(T.Kind.DONE, [1, 2]) == answer(T.Kind.DONE)
+    assert poison(T.Kind.SEND, [1], length=2) == answer(T.Kind.SEND)
+    assert poison(T.Kind.WRITE, [4095, 1, 2]) == answer(T.Kind.WRITE)
+    assert poison(*T.send_packet(addr=0, count=255, dst_x=0, dst_y=1)) == answer(T.Kind.SEND)
+    assert tile.errors == 1 << T.Error.POISON
+    # The next good micro-op runs.
+    assert tile.receive(*T.done_packet(9), edge) == [(edge, T.Kind.DONE, [9])]
+    assert tile.receive(*T.send_packet(addr=10, count=4, dst_x=0, dst_y=1), edge) == \
+        [(edge, T.Kind.WRITE, [0, 1, 2, 7, 7])]
+
+
+def test_model_length_is_for_packets_cut_short():
+    tile = T.TileModel()
+    with pytest.raises(ValueError, match=r"^Packet length must be 2, or more for a poisoned "
+                                         r"packet cut short, not 1$"):
+        tile.receive(T.Kind.WRITE, [1, 2], (0, 1), poison=True, length=1)
+    with pytest.raises(ValueError, match=r"^Packet length must be 1, or more for a poisoned "
+                                         r"packet cut short, not 2$"):
+        tile.receive(T.Kind.DONE, [1], (0, 1), length=2)
+
+
 def test_fields_must_fit():
     with pytest.raises(ValueError, match=r"^MATMUL field rows must fit 8 bits, not 256$"):
         T.matmul_packet(rows=256)

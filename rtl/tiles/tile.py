@@ -35,6 +35,7 @@ class Error(enum.IntEnum):
     SHAPE = 3
     MEMORY = 4
     ENGINE = 5
+    POISON = 6
 
 
 #: The tile's SRAM ports: packets' data in, the engine's three operand streams, its results,
@@ -66,7 +67,9 @@ class Tile(wiring.Component):
     the reports of bad packets) wait in a queue of ``QUEUE_DEPTH`` and run one after the
     other; a micro-op that cannot run (unknown kind, wrong length, a region beyond the SRAM,
     a matmul the engine cannot take) sets its bit in ``errors`` and is answered with an ERROR
-    packet to its sender, and the tile goes on with the next.
+    packet to its sender, and the tile goes on with the next. So is a packet with the NoC's
+    ``poison`` mark (a router repaired it), whatever else is wrong with it; of a poisoned WRITE
+    the words before the last are already in SRAM, the last is not written.
 
     Parameters
     ----------
@@ -146,13 +149,17 @@ class Tile(wiring.Component):
         # ---- Receive ---------------------------------------------------------------------
         header = self.i_header.payload.header
         rx = Signal(op_layout)          # the micro-op being received
-        rx_left = Signal(8)             # words of the packet still to come
+        rx_left = Signal(8)             # words of the packet still to come, by its length
         rx_index = Signal(range(_MAX_WORDS + 1))
         fill_addr = Signal(32)
         fill_end = Signal(33)
         report = Signal(8)              # the error bit to report for this packet
         word = self.i.payload
 
+        # A packet ends at its word with ``last``: one a router repaired (poison on the header,
+        # else on the last word) may have fewer words than its header's length. A poisoned
+        # packet is answered POISON whatever else is wrong with it: its length and words are not
+        # what was sent, so the other checks mean nothing.
         with m.FSM(name="receive"):
             with m.State("HEADER"):
                 m.d.comb += self.i_header.ready.eq(1)
@@ -182,6 +189,12 @@ class Tile(wiring.Component):
                     with m.Elif(~known):
                         m.d.sync += report.eq(Error.KIND)
                         m.next = "DRAIN"
+                    # Poison on the header: a router cut the packet at its head, so no words
+                    # follow, whatever its length says. (Assigned last, this wins over the
+                    # checks above.)
+                    with m.If(self.i_header.payload.poison):
+                        m.d.sync += report.eq(Error.POISON)
+                        m.next = "REPORT"
             with m.State("WRITE_ADDR"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
@@ -190,24 +203,33 @@ class Tile(wiring.Component):
                         fill_end.eq(word.data[:32] + rx_left - 1),
                         rx_left.eq(rx_left - 1),
                     ]
-                    with m.If(rx_left == 1):
-                        m.next = "HEADER"     # an address and no data: nothing to write
+                    with m.If(word.last):
+                        with m.If(word.poison):
+                            m.d.sync += report.eq(Error.POISON)
+                            m.next = "REPORT"
+                        with m.Else():
+                            m.next = "HEADER"     # an address and no data: nothing to write
                     with m.Elif(word.data[:32] + rx_left - 1 > size):
                         m.d.sync += report.eq(Error.RANGE)
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "WRITE_DATA"
             with m.State("WRITE_DATA"):
+                # The words before are in SRAM already; a poisoned (last) word is not written.
                 m.d.comb += [
-                    sram.i_fill.valid.eq(self.i.valid),
+                    sram.i_fill.valid.eq(self.i.valid & ~word.poison),
                     sram.i_fill.payload.addr.eq(fill_addr),
                     sram.i_fill.payload.data.eq(word.data),
-                    self.i.ready.eq(sram.i_fill.ready),
+                    self.i.ready.eq(sram.i_fill.ready | word.poison),
                 ]
-                with m.If(self.i.valid & sram.i_fill.ready):
+                with m.If(self.i.valid & self.i.ready):
                     m.d.sync += [fill_addr.eq(fill_addr + 1), rx_left.eq(rx_left - 1)]
-                    with m.If(rx_left == 1):
-                        m.next = "HEADER"
+                    with m.If(word.last):
+                        with m.If(word.poison):
+                            m.d.sync += report.eq(Error.POISON)
+                            m.next = "REPORT"
+                        with m.Else():
+                            m.next = "HEADER"
             with m.State("OPERANDS"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
@@ -215,8 +237,12 @@ class Tile(wiring.Component):
                         with m.If(rx_index == i):
                             m.d.sync += rx.words[i].eq(word.data)
                     m.d.sync += [rx_index.eq(rx_index + 1), rx_left.eq(rx_left - 1)]
-                    with m.If(rx_left == 1):
-                        m.next = "QUEUE"
+                    with m.If(word.last):
+                        with m.If(word.poison):
+                            m.d.sync += report.eq(Error.POISON)
+                            m.next = "REPORT"
+                        with m.Else():
+                            m.next = "QUEUE"
             with m.State("QUEUE"):
                 m.d.comb += [queue.i.valid.eq(1), queue.i.payload.eq(rx)]
                 with m.If(queue.i.ready):
@@ -227,7 +253,9 @@ class Tile(wiring.Component):
                     m.next = "REPORT"
                 with m.Elif(self.i.valid):
                     m.d.sync += rx_left.eq(rx_left - 1)
-                    with m.If(rx_left == 1):
+                    with m.If(word.last):
+                        with m.If(word.poison):
+                            m.d.sync += report.eq(Error.POISON)
                         m.next = "REPORT"
             with m.State("REPORT"):
                 # An ERROR entry in the queue, so that it is answered in the packets' order.
