@@ -6,15 +6,19 @@ t computes rows [t·N/T, (t+1)·N/T). Its weights stream into its SRAM one *chun
 one engine tile) at a time, into two buffers in turn, while it computes on the other.
 
 **Activations.** x (M × K) is quantized to Q8_0 at the edge (``gguf.quants.quantize``) and
-multicast to every tile, up to ``rows`` (the array's) rows at a time.
+multicast to every tile in groups of up to ``rows`` (the array's) rows, each group in its own
+SRAM region. As many groups as the SRAM holds beside the buffers are *resident* at a time;
+the matmul makes one pass over the weights per set of resident groups.
 
-**Order and waits.** For each group of activation rows: multicast the activations; then, for
-each chunk index j and each tile t in turn: WRITE chunk j of tile t's weights, MATMUL, and
-SEND the G results per row back to the edge. Before the weights of chunk j + 2 go to a tile,
-the edge waits until that tile's SEND of chunk j has arrived (the buffers it reuses are then
-free); before the next group's activations, until every tile has answered every SEND. A tile
-executes its micro-ops in order and answers in order, so counting each tile's answers is
-enough.
+**Order and waits.** Each pass multicasts its groups' activations; then, for each chunk index
+j and each tile t in turn: WRITE chunk j of tile t's weights, then for each resident group a
+MATMUL and a SEND of the G results per row back to the edge. A chunk's weights thus enter the
+mesh once per pass, not once per group (prefill's M = 32 is four groups at 8 rows; with
+K = 576 three fit the default tile's SRAM, so two passes). Before the weights of chunk j + 2
+go to a tile, the edge waits until that tile's last SEND of chunk j has arrived (the buffer it
+reuses is then free); before a pass's activations, until every tile has answered every SEND.
+A tile executes its micro-ops in order and answers in order, so counting each tile's answers
+is enough.
 """
 
 from dataclasses import dataclass, field
@@ -86,17 +90,23 @@ class MatmulProgram:
         self.chunks = self.rows_per_tile // self.per_chunk
         blocks = self.k // 32
         chunk_words = len(weight_layout(g, self.fmt, self.w_raw[:self.per_chunk]))
-        # SRAM map of every tile: activations, their scales, two result and two weight buffers.
-        self.x_addr = 0
-        self.xs_addr = self.k
-        y0 = self.xs_addr + blocks * g.xs_words
+        # SRAM map of every tile: the resident groups' activations, their scales, two result
+        # and two weight buffers. As many groups stay resident as the SRAM holds.
+        groups = -(-self.m // g.rows)
+        per_group = self.k + blocks * g.xs_words
+        buffers = 2 * g.rows * self.per_chunk + 2 * chunk_words
+        self.resident = min(groups, (g.words - buffers) // per_group)
+        if self.resident < 1:
+            raise ValueError(f"a {self.fmt} matmul with K = {self.k} needs "
+                             f"{per_group + buffers} SRAM words per tile; the tile has "
+                             f"{g.words}")
+        self.x_addr = tuple(i * self.k for i in range(self.resident))
+        xs0 = self.resident * self.k
+        self.xs_addr = tuple(xs0 + i * blocks * g.xs_words for i in range(self.resident))
+        y0 = xs0 + self.resident * blocks * g.xs_words
         self.y_addr = (y0, y0 + g.rows * self.per_chunk)
         w0 = y0 + 2 * g.rows * self.per_chunk
         self.w_addr = (w0, w0 + chunk_words)
-        if w0 + 2 * chunk_words > g.words:
-            raise ValueError(f"a {self.fmt} matmul with K = {self.k} needs "
-                             f"{w0 + 2 * chunk_words} SRAM words per tile; the tile has "
-                             f"{g.words}")
         self.mode = mode_code(self.fmt)
         xb = split_blocks("Q8_0", quantize(self.x, GGMLQuantizationType.Q8_0))
         self.codes = code_values("Q8_0", xb.codes).reshape(self.m, self.k)
@@ -120,37 +130,39 @@ class MatmulProgram:
         everyone = {"multicast": True, "last": (self.mesh_x, self.mesh_y)}
         answers = {t: 0 for t in tiles}
         self.sends = []             # (tile, row0, col0, rows) in program order
-        for r0 in range(0, self.m, g.rows):
-            rows = min(g.rows, self.m - r0)
-            if r0:
+        groups = [(r0, min(g.rows, self.m - r0)) for r0 in range(0, self.m, g.rows)]
+        for p0 in range(0, len(groups), self.resident):
+            resident = groups[p0:p0 + self.resident]
+            if p0:
                 items += [Wait(t, answers[t]) for t in tiles]
-            x_words, xs_words = activation_layout(g, self.codes[r0:r0 + rows],
-                                                  self.d_x[r0:r0 + rows])
-            items += self._writes((1, 1), self.x_addr, x_words, **everyone)
-            items += self._writes((1, 1), self.xs_addr, xs_words, **everyone)
-            sent = {t: [] for t in tiles}   # answer count after each chunk's SEND
+            for i, (r0, rows) in enumerate(resident):
+                x_words, xs_words = activation_layout(g, self.codes[r0:r0 + rows],
+                                                      self.d_x[r0:r0 + rows])
+                items += self._writes((1, 1), self.x_addr[i], x_words, **everyone)
+                items += self._writes((1, 1), self.xs_addr[i], xs_words, **everyone)
+            done = {t: [] for t in tiles}   # each tile's answer count after each chunk
             for j in range(self.chunks):
                 for ti, t in enumerate(tiles):
                     if j >= 2:
-                        items.append(Wait(t, sent[t][j - 2]))
+                        items.append(Wait(t, done[t][j - 2]))
                     start = ti * self.rows_per_tile + j * self.per_chunk
                     chunk = self.w_raw[start:start + self.per_chunk]
                     items += self._writes(t, self.w_addr[j % 2],
                                           weight_layout(g, self.fmt, chunk))
-                    kind, words = matmul_packet(
-                        mode=self.mode, blocks=self.k // 32, tiles=1, rows=rows,
-                        w_addr=self.w_addr[j % 2], x_addr=self.x_addr,
-                        xs_addr=self.xs_addr, y_addr=self.y_addr[j % 2],
-                        y_stride=self.per_chunk)
-                    items.append(Packet(t, kind, tuple(words)))
-                    kind, words = send_packet(addr=self.y_addr[j % 2],
-                                              count=rows * self.per_chunk,
-                                              dst_x=EDGE[0], dst_y=EDGE[1],
-                                              dst_addr=len(self.sends))
-                    items.append(Packet(t, kind, tuple(words)))
-                    self.sends.append((t, r0, start, rows))
-                    answers[t] += 1
-                    sent[t].append(answers[t])
+                    for i, (r0, rows) in enumerate(resident):
+                        y_addr = self.y_addr[(j * len(resident) + i) % 2]
+                        kind, words = matmul_packet(
+                            mode=self.mode, blocks=self.k // 32, tiles=1, rows=rows,
+                            w_addr=self.w_addr[j % 2], x_addr=self.x_addr[i],
+                            xs_addr=self.xs_addr[i], y_addr=y_addr, y_stride=self.per_chunk)
+                        items.append(Packet(t, kind, tuple(words)))
+                        kind, words = send_packet(addr=y_addr, count=rows * self.per_chunk,
+                                                  dst_x=EDGE[0], dst_y=EDGE[1],
+                                                  dst_addr=len(self.sends))
+                        items.append(Packet(t, kind, tuple(words)))
+                        self.sends.append((t, r0, start, rows))
+                        answers[t] += 1
+                    done[t].append(answers[t])
         return items
 
     def packets(self):

@@ -31,11 +31,28 @@ def test_distributed_matmul_is_the_golden_matmul(fmt, m):
     received = P.MeshModel().run(program.items)
     y = program.result(received)
     assert np.array_equal(y, dequant.matmul(fmt, w_raw, x).view(np.uint32))
-    # Every weight byte is sent once per group of activation rows, to one tile.
-    groups = -(-m // 8)
+    # Every weight byte enters the mesh once, to one tile, however many groups of activation
+    # rows M makes (the words round a chunk's blocks up, by far less than a second copy).
     sent = sum(len(p.words) - 1 for p in program.packets()
                if p.kind == T.Kind.WRITE and not p.multicast)
-    assert sent * 8 >= w_raw.size * groups
+    assert w_raw.size <= sent * 8 < 2 * w_raw.size
+
+
+def test_weights_enter_once_per_set_of_groups_the_sram_holds():
+    # K = 576 (SmolLM2's width) and M = 32: four groups of 8 rows. Each group's activations
+    # take 576 + 18 · 4 words; a Q4_1 chunk 720, two of them and two 128-word result buffers
+    # 1696. 4096 words hold three groups, so the weights enter twice; 8192 hold all four.
+    rng = np.random.default_rng(5)
+    w_raw = _weights(rng, "Q4_1", 4 * 16, 576)
+    x = rng.standard_normal((32, 576)).astype(np.float32)
+    for words, passes in ((4096, 2), (8192, 1), (2500, 4)):
+        geometry = T.TileGeometry(words=words)
+        program = P.MatmulProgram("Q4_1", w_raw, x, 2, 2, geometry)
+        y = program.result(P.MeshModel(2, 2, geometry).run(program.items))
+        assert np.array_equal(y, dequant.matmul("Q4_1", w_raw, x).view(np.uint32))
+        sent = sum(len(p.words) - 1 for p in program.packets()
+                   if p.kind == T.Kind.WRITE and not p.multicast)
+        assert sent * 8 == passes * w_raw.size, words
 
 
 @pytest.mark.parametrize("rows, cols", [(4, 4), (2, 8), (8, 3)])
