@@ -73,7 +73,7 @@ class EdgePlayer(wiring.Component):
         The mesh's ``busy``.
     """
 
-    def __init__(self, config, program_depth=1 << 17, capture_depth=1 << 15):
+    def __init__(self, config, program_depth=1 << 18, capture_depth=1 << 16):
         self._config = config
         self._program_depth = program_depth
         self._capture_depth = capture_depth

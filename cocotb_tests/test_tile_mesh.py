@@ -70,6 +70,8 @@ def parse_capture(entries, offsets):
 async def play(dut, entries, *, idle=0, stall=0, progress=None, limit=10_000_000):
     """Load ``entries``, run them to END and until the mesh is idle; returns (cycles, captured
     packets' entries). ``progress(fraction)`` is called every few thousand cycles."""
+    depth = len(dut.program_ram.mem)
+    assert len(entries) <= depth, f"a program of {len(entries)} entries; the player holds {depth}"
     for i, entry in enumerate(entries):
         dut.program_ram.mem[i].value = entry
     dut.idle.value, dut.stall.value = idle, stall
@@ -89,8 +91,10 @@ async def play(dut, entries, *, idle=0, stall=0, progress=None, limit=10_000_000
     while int(dut.busy.value):
         await ClockCycles(dut.clk, 100)
     await ClockCycles(dut.clk, 20)
-    captured = [int(dut.capture_ram.mem[i].value)
-                for i in range(int(dut.captured.value))]
+    count = int(dut.captured.value)
+    assert count <= len(dut.capture_ram.mem), f"the edge received {count} entries; the " \
+        f"player's capture holds {len(dut.capture_ram.mem)}"
+    captured = [int(dut.capture_ram.mem[i].value) for i in range(count)]
     return cycles, captured
 
 
