@@ -51,6 +51,7 @@ bench: $(STAMP) docs
 	$(BIN)/tessera bench numeric
 	$(BIN)/tessera bench noc
 	$(BIN)/tessera bench vector
+	$(BIN)/tessera bench mesh
 
 clean:
 	rm -rf build

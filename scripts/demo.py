@@ -96,6 +96,35 @@ def simulate(config, jobs, workdir, progress):
     return jobs
 
 
+def measure(job, config):
+    """The figures of a simulated job (see :func:`simulate`): ``exact`` (bit for bit with the
+    golden model, no tile error), ``error`` (max |y − y₆₄| / max |y₆₄| against the job's
+    float64 ``reference``), ``cycles``, ``util`` (MACs done over MACs the mesh's arrays could
+    do in those cycles), ``bytes_per_cycle`` (weight bytes), ``roofline`` (that against the
+    edge port's bytes per cycle), ``rate`` (simulated cycles per second)."""
+    from rtl.config import PACKED_FORMATS
+    from sim import dequant
+    golden = dequant.matmul(job["fmt"], job["w_raw"], job["x"]).view(np.uint32)
+    y = job["y"].view(np.float32).astype(np.float64)
+    reference = job["reference"]
+    m, k = job["x"].shape
+    n = job["w_raw"].shape[0]
+    # A PE does two MACs per cycle in a packed (4-bit or ternary) format (rtl/tiles/mac_array.py).
+    lanes = 2 if job["fmt"] in PACKED_FORMATS else 1
+    peak = config.mesh_x * config.mesh_y * config.array_rows * config.array_cols * lanes
+    per_cycle = job["w_raw"].size / job["cycles"]
+    return {
+        "exact": bool(np.array_equal(job["y"], golden)) and job["errors"] == 0,
+        "error": float(np.max(np.abs(y - reference)) / np.max(np.abs(reference))),
+        "shape": f"{m}×{n}×{k}",
+        "cycles": job["cycles"],
+        "util": m * n * k / (job["cycles"] * peak),
+        "bytes_per_cycle": per_cycle,
+        "roofline": per_cycle / (config.flit_width // 8),
+        "rate": job["cycles"] / job["seconds"],
+    }
+
+
 def area_rows():
     """ECP5 rows (block, LUT4, FF, DSP, BRAM, Fmax, source) of the mesh's blocks, from the
     generated docs tables (``| Block | Target | LUT4 | FF | CCU2 | DSP | BRAM | LUT RAM |
@@ -117,7 +146,6 @@ def run(config=None):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
-    from sim import dequant
     config = config or TesseraConfig()
     console = Console()
     console.print(f"[bold]Tessera demo[/bold]: SmolLM2-135M-Instruct layer 0 on a "
@@ -147,29 +175,18 @@ def run(config=None):
             for task in tasks.values():
                 bar.update(task, completed=bar.tasks[task].total)
 
-    tiles = config.mesh_x * config.mesh_y
-    lanes = 2
     table = Table(title="Results")
     for column in ("tensor", "M×N×K", "bit-exact", "rel. error", "cycles", "MAC util",
                    "weight B/cycle", "roofline", "cycles/s"):
         table.add_column(column, justify="right")
     exact_all = True
     for job in jobs:
-        golden = dequant.matmul(job["fmt"], job["w_raw"], job["x"]).view(np.uint32)
-        exact = bool(np.array_equal(job["y"], golden)) and job["errors"] == 0
-        exact_all &= exact
-        y = job["y"].view(np.float32).astype(np.float64)
-        ref = job["reference"]
-        rel = np.max(np.abs(y - ref)) / np.max(np.abs(ref))
-        m, k = job["x"].shape
-        n = job["w_raw"].shape[0]
-        util = m * n * k / (job["cycles"] * tiles * config.array_rows * config.array_cols
-                            * lanes)
-        per_cycle = job["w_raw"].size / job["cycles"]
-        edge = config.flit_width // 8
-        table.add_row(job["name"].split(".")[2], f"{m}×{n}×{k}", "yes" if exact else "NO",
-                      f"{rel:.1e}", f"{job['cycles']:,}", f"{util:.1%}", f"{per_cycle:.2f}",
-                      f"{per_cycle / edge:.1%}", f"{job['cycles'] / job['seconds']:,.0f}")
+        r = measure(job, config)
+        exact_all &= r["exact"]
+        table.add_row(job["name"].split(".")[2], r["shape"], "yes" if r["exact"] else "NO",
+                      f"{r['error']:.1e}", f"{r['cycles']:,}", f"{r['util']:.1%}",
+                      f"{r['bytes_per_cycle']:.2f}", f"{r['roofline']:.1%}",
+                      f"{r['rate']:,.0f}")
     console.print(table)
     console.print("rel. error = max |y − y₆₄| / max |y₆₄|, y₆₄ = float64 product of gguf's "
                   "dequantized weights and the unquantized activations (the difference is "

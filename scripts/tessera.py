@@ -11,6 +11,7 @@
     tessera bench array                                    regenerate docs/mac_array_performance.md
     tessera bench noc                                      regenerate docs/noc_performance.md
     tessera bench vector [--no-synth]                      regenerate docs/vector_performance.md
+    tessera bench mesh [--no-synth]                        regenerate docs/tile_performance.md
     tessera demo                                           the main job on the default configuration
 """
 
@@ -142,6 +143,11 @@ def cmd_bench(args):
         print(bench_vector.run(progress=sys.stderr.isatty(), synthesis=not args.no_synth),
               end="")
         print(f"wrote {bench_vector.OUTPUT.relative_to(REPO)}", file=sys.stderr)
+    elif args.block == "mesh":
+        from scripts import bench_mesh
+        print(bench_mesh.run(progress=sys.stderr.isatty(), synthesis=not args.no_synth),
+              end="")
+        print(f"wrote {bench_mesh.OUTPUT.relative_to(REPO)}", file=sys.stderr)
 
 
 def cmd_demo(args):
@@ -175,9 +181,10 @@ def main(argv=None):
     p.set_defaults(func=cmd_synth)
     sub.add_parser("docs", help="regenerate docs/area.md").set_defaults(func=cmd_docs)
     p = sub.add_parser("bench", help="benchmark a block and regenerate its docs page")
-    p.add_argument("block", choices=["sram", "array", "numeric", "noc", "vector"])
+    p.add_argument("block", choices=["sram", "array", "numeric", "noc", "vector", "mesh"])
     p.add_argument("--no-synth", action="store_true",
-                   help="vector: skip the ECP5 synthesis (about an hour) and its table")
+                   help="vector, mesh: skip the ECP5 synthesis (half an hour or more) and its "
+                        "table")
     p.set_defaults(func=cmd_bench)
 
     with_set(sub.add_parser("demo", help="the main job: SmolLM2 matmuls on the tile mesh in "
