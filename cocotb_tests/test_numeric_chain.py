@@ -91,6 +91,7 @@ def _unpack_rtl(fmt, raw, tmp_path):
     return codes, scales
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["Q4_1", "MXFP4", "TQ2_0"])
 def test_unpack_then_dequant_is_bit_exact(fmt, tmp_path):
     from sim.smollm2 import prompt_activations, tensors

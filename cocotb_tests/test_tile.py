@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import cocotb
 import numpy as np
+import pytest
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from gguf import GGMLQuantizationType
 from gguf.quants import quantize
@@ -963,6 +964,7 @@ def test_programs_model_only():
             assert all(len(w) <= 255 for _, _, w, _ in program.replies)
 
 
+@pytest.mark.slow
 def test_tile_programs():
     _run("programs")
 

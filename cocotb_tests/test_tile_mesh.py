@@ -228,6 +228,7 @@ def test_tile_mesh_small(mesh_x, mesh_y):
           ["TQ2_0", 2, 1, 256, 51, 51]])
 
 
+@pytest.mark.slow
 def test_tile_mesh_2x2():
     from rtl.config import TesseraConfig
     # The default configuration: every format in decode; Q4_1 (SmolLM2's format) with two

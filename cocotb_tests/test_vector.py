@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import cocotb
 import numpy as np
+import pytest
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from . import harness
@@ -297,6 +298,7 @@ def _offsets():
     }
 
 
+@pytest.mark.slow
 def test_vector_unit():
     from rtl.tiles.vector import VectorUnit
     from sim.smollm2 import gguf_path

@@ -384,6 +384,7 @@ def _router(cls=Router, depth=2):
 # Buffer depths: 4 is the default configuration (two registers and a 2-entry FIFO behind them);
 # 2 is the other way `_Buffer` is built (the two registers alone).
 
+@pytest.mark.slow
 def test_router_credits_framing_turns():
     # Every input free, bad framing included: credits kept on both sides, packets never
     # interleaved, no Y-to-X turn, and the router's own assertions.
@@ -404,6 +405,7 @@ def test_router_policing():
           name="noc_router_policing", depth=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("watch, buffer, depth", [
     # From the tile: unicast or multicast, to any set of ports; 2-flit buffers.
     (Port.LOCAL, 2, 7),
