@@ -152,7 +152,6 @@ class Tile(wiring.Component):
         rx_left = Signal(8)             # words of the packet still to come, by its length
         rx_index = Signal(range(_MAX_WORDS + 1))
         fill_addr = Signal(32)
-        fill_end = Signal(33)
         report = Signal(8)              # the error bit to report for this packet
         word = self.i.payload
 
@@ -200,7 +199,6 @@ class Tile(wiring.Component):
                 with m.If(self.i.valid):
                     m.d.sync += [
                         fill_addr.eq(word.data[:32]),
-                        fill_end.eq(word.data[:32] + rx_left - 1),
                         rx_left.eq(rx_left - 1),
                     ]
                     with m.If(word.last):
