@@ -131,7 +131,8 @@ def area_rows():
     Fmax |``)."""
     rows = []
     for doc, names in (("area.md", ("sram", "mac_array", "unpack", "dequant", "router",
-                                    "noc_interface", "mesh")),):
+                                    "noc_interface", "mesh")),
+                       ("tile_performance.md", ("tile",))):
         path = REPO / "docs" / doc
         if not path.exists():
             continue
