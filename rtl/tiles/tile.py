@@ -159,6 +159,14 @@ class Tile(wiring.Component):
         # else on the last word) may have fewer words than its header's length. A poisoned
         # packet is answered POISON whatever else is wrong with it: its length and words are not
         # what was sent, so the other checks mean nothing.
+        def packet_ends(then):
+            # At a packet's last word: a poisoned packet is answered POISON instead.
+            with m.If(word.poison):
+                m.d.sync += report.eq(Error.POISON)
+                m.next = "REPORT"
+            with m.Else():
+                m.next = then
+
         with m.FSM(name="receive"):
             with m.State("HEADER"):
                 m.d.comb += self.i_header.ready.eq(1)
@@ -202,11 +210,7 @@ class Tile(wiring.Component):
                         rx_left.eq(rx_left - 1),
                     ]
                     with m.If(word.last):
-                        with m.If(word.poison):
-                            m.d.sync += report.eq(Error.POISON)
-                            m.next = "REPORT"
-                        with m.Else():
-                            m.next = "HEADER"     # an address and no data: nothing to write
+                        packet_ends("HEADER")     # an address and no data: nothing to write
                     with m.Elif(word.data[:32] + rx_left - 1 > size):
                         m.d.sync += report.eq(Error.RANGE)
                         m.next = "DRAIN"
@@ -223,11 +227,7 @@ class Tile(wiring.Component):
                 with m.If(self.i.valid & self.i.ready):
                     m.d.sync += [fill_addr.eq(fill_addr + 1), rx_left.eq(rx_left - 1)]
                     with m.If(word.last):
-                        with m.If(word.poison):
-                            m.d.sync += report.eq(Error.POISON)
-                            m.next = "REPORT"
-                        with m.Else():
-                            m.next = "HEADER"
+                        packet_ends("HEADER")
             with m.State("OPERANDS"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
@@ -236,11 +236,7 @@ class Tile(wiring.Component):
                             m.d.sync += rx.words[i].eq(word.data)
                     m.d.sync += [rx_index.eq(rx_index + 1), rx_left.eq(rx_left - 1)]
                     with m.If(word.last):
-                        with m.If(word.poison):
-                            m.d.sync += report.eq(Error.POISON)
-                            m.next = "REPORT"
-                        with m.Else():
-                            m.next = "QUEUE"
+                        packet_ends("QUEUE")
             with m.State("QUEUE"):
                 m.d.comb += [queue.i.valid.eq(1), queue.i.payload.eq(rx)]
                 with m.If(queue.i.ready):
@@ -252,9 +248,7 @@ class Tile(wiring.Component):
                 with m.Elif(self.i.valid):
                     m.d.sync += rx_left.eq(rx_left - 1)
                     with m.If(word.last):
-                        with m.If(word.poison):
-                            m.d.sync += report.eq(Error.POISON)
-                        m.next = "REPORT"
+                        packet_ends("REPORT")
             with m.State("REPORT"):
                 # An ERROR entry in the queue, so that it is answered in the packets' order.
                 m.d.comb += [
