@@ -218,7 +218,8 @@ def _run(config, jobs, testcase="mesh_matmul", **extra):
 
 
 @pytest.mark.skipif(not os.environ.get("TESSERA_LONG"),
-                    reason="two more mesh models, 4-6 min of build each: TESSERA_LONG=1 runs them")
+                    reason="two more mesh models, outside make test's time budget: "
+                           "TESSERA_LONG=1 runs them")
 @pytest.mark.parametrize("mesh_x, mesh_y", [(1, 1), (2, 1)])
 def test_tile_mesh_small(mesh_x, mesh_y):
     from rtl.config import TesseraConfig
