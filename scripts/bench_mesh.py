@@ -58,9 +58,9 @@ def simulate(meshes, progress):
     with tempfile.TemporaryDirectory() as workdir, \
             Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                      disable=not progress) as bar:
+        jobs = prepare(workdir)
         for mesh in meshes:
             config = TesseraConfig(mesh_x=mesh[0], mesh_y=mesh[1])
-            jobs = prepare(workdir)
             task = bar.add_task(f"{mesh[0]}×{mesh[1]}: building", total=len(jobs))
 
             def report(phase, fraction, task=task, mesh=mesh):
@@ -81,7 +81,7 @@ def simulate(meshes, progress):
 
 def run(progress=True, synthesis=True, meshes=MESHES):
     from scripts.bench_numeric import synthesize_stages
-    from synth.flow import fmax_text
+    from synth.flow import markdown_table
     start = time.monotonic()
     results = simulate(meshes, progress)
     area = synthesize_stages(TesseraConfig(), progress, names=("tile",)) if synthesis else []
@@ -127,17 +127,8 @@ def run(progress=True, synthesis=True, meshes=MESHES):
         "",
     ]
     if area:
-        lines += [
-            "## One tile on ECP5",
-            "",
-            "| Block | Target | LUT4 | FF | CCU2 | DSP | BRAM | LUT RAM | Fmax |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, r in area:
-            lines.append(f"| `{name}` | ecp5 | {r.luts:,} | {r.ffs:,} | {r.carries:,} "
-                         f"| {r.dsps} | {r.brams} | {r.lutrams:,} | {fmax_text(r)} |")
-        lines += ["", "LFE5U-85F-6, out of context, registers on every port (synth/flow.py).",
-                  ""]
+        lines += ["## One tile on ECP5", "", markdown_table([r for _, r in area]),
+                  "LFE5U-85F-6, out of context, registers on every port (synth/flow.py).", ""]
     lines.append(f"Benchmark time: {time.monotonic() - start:.0f} s.")
     text = "\n".join(lines) + "\n"
     OUTPUT.write_text(text)
