@@ -738,18 +738,19 @@ def throughput_jobs(rows, *, tiles=4):
             for m in (1, rows) for fmt in WEIGHT_FORMATS]
 
 
-def throughput_entry(stim, *, rows, cols, byte_width, cycles, w_cycles):
+def throughput_entry(stim, *, rows, cols, byte_width, term_lanes, cycles, w_cycles):
     """The report of one job: ``cycles`` from the command's acceptance to the last output's
     (both transfers' cycles, difference), ``w_cycles`` from the first ``i_w`` transfer to the
     last (inclusive), and the bounds: the unpacker's (the weight bytes at ``byte_width`` per
-    cycle), the array's (one k-step per cycle: tiles × K) and the term builder's (one term
-    per cycle: M·G per tile and block)."""
+    cycle), the array's (one k-step per cycle: tiles × K) and the term builder's
+    (``term_lanes`` terms per cycle, M·G per tile and block, a word's G terms in
+    ⌈G / term_lanes⌉ cycles)."""
     lanes = 1 if stim.fmt == "Q8_0" else 2
     weight_bytes = sum(count for _, count, _ in stim.w_beats)
     macs = stim.m * stim.n * stim.k
     k_steps = stim.tiles * stim.k
     bounds = {"unpacker": -(-weight_bytes // byte_width), "array": k_steps,
-              "terms": stim.tiles * stim.blocks * stim.m * stim.group}
+              "terms": stim.tiles * stim.blocks * stim.m * -(-stim.group // term_lanes)}
     return {
         "fmt": stim.fmt, "m": stim.m, "n": stim.n, "k": stim.k, "tiles": stim.tiles,
         "group": stim.group, "blocks": stim.blocks, "cycles": cycles, "k_steps": k_steps,
@@ -798,6 +799,7 @@ async def throughput(dut):
     await start_clock_and_reset(dut)
     await ClockCycles(dut.clk, 2)
     report = {"rows": p["rows"], "cols": p["cols"], "byte_width": p["byte_width"],
+              "term_lanes": p["term_lanes"],
               "cycles_definition": "from the cycle the command is taken to the cycle the last "
                                    "output is taken (difference)", "jobs": []}
     for spec in p["jobs"]:
@@ -812,7 +814,7 @@ async def throughput(dut):
         assert len(monitor.cmd) == 1 and len(monitor.out) == len(stim.expected), label
         assert len(monitor.w) == len(stim.w_beats), label
         entry = throughput_entry(stim, rows=p["rows"], cols=p["cols"],
-                                 byte_width=p["byte_width"],
+                                 byte_width=p["byte_width"], term_lanes=p["term_lanes"],
                                  cycles=monitor.out[-1] - monitor.cmd[0],
                                  w_cycles=monitor.w[-1] - monitor.w[0] + 1)
         entry["first_output"] = monitor.out[0] - monitor.cmd[0]
@@ -954,12 +956,27 @@ def _params(engine, config, jobs, **extra):
     group = {fmt: engine.outputs_per_tile(fmt) for fmt in formats}
     assert group == {fmt: outputs_per_tile(fmt, cols) for fmt in formats}, group
     return {"rows": rows, "cols": cols, "byte_width": byte_width, "offsets": offsets,
-            "group": group, "jobs": jobs, "idle": 0.3, "stall": 0.3, "limit": 4000, **extra}
+            "group": group, "term_lanes": getattr(engine, "term_lanes", 1), "jobs": jobs,
+            "idle": 0.3, "stall": 0.3, "limit": 4000, **extra}
 
 
 def _run(engine, params, testcase="matmul"):
     harness.run(engine, toplevel="matmul_engine", test_module="cocotb_tests.test_matmul",
                 testcase=testcase, parameters=params, quick_build=True)
+
+
+def test_term_lanes():
+    # Enough lanes for M = rows: rows · G / 32 terms a cycle, rounded up to a power of two.
+    from rtl.tiles.matmul import MatmulEngine
+    assert MatmulEngine(rows=8, cols=8).term_lanes == 4           # 8 · 16 / 32
+    assert MatmulEngine(rows=8, cols=8, formats=("Q8_0",)).term_lanes == 2   # 8 · 8 / 32
+    assert MatmulEngine(rows=2, cols=2).term_lanes == 1
+    assert MatmulEngine(rows=32, cols=16).term_lanes == 32         # G = 32 at most
+    assert MatmulEngine(rows=8, cols=8, term_lanes=16).term_lanes == 16
+    for bad in (0, 3, 32, 2.0, True):
+        with pytest.raises(ValueError, match=r"^Matmul engine term lanes must be a power of "
+                                             r"two from 1 to 16, not "):
+            MatmulEngine(rows=8, cols=8, term_lanes=bad)
 
 
 def test_engine_layouts_match_spec():

@@ -2,11 +2,12 @@
 Q8_0 activations to binary32 results (docs/matmul.md).
 """
 
-from amaranth.hdl import Assert, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Assert, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..arbiter import RoundRobinArbiter
 from ..config import PACKED_FORMATS, WEIGHT_FORMATS, mode_code
 from ..fifo import StreamFIFO
 from ..stream_rules import assert_stream_rules
@@ -58,6 +59,11 @@ class MatmulEngine(wiring.Component):
         Bytes per weight beat (the SRAM width in bytes).
     lanes : int
         Codes per unpacker output beat.
+    term_lanes : int or None
+        Dequant terms built per cycle, each lane with its own dequant pipeline: a power of two
+        up to G rounded up to a power of two. None (the default) takes as many as keep the
+        array at full rate with all ``rows`` in use: ``rows``·G / 32 rounded up to a power of
+        two (4 at 8 × 8 with a packed format), at most that maximum.
 
     Members
     -------
@@ -83,7 +89,8 @@ class MatmulEngine(wiring.Component):
         A command is in progress or results are still to come.
     """
 
-    def __init__(self, *, rows, cols, formats=WEIGHT_FORMATS, byte_width=8, lanes=16):
+    def __init__(self, *, rows, cols, formats=WEIGHT_FORMATS, byte_width=8, lanes=16,
+                 term_lanes=None):
         # The blocks inside check and report their own parameters.
         self._array = MACArray(rows=rows, cols=cols, formats=formats)
         self._unpack = WeightUnpacker(formats=formats, byte_width=byte_width, lanes=lanes)
@@ -93,7 +100,17 @@ class MatmulEngine(wiring.Component):
         self._lanes = lanes
         self._byte_width = byte_width
         self._stride = _pow2_at_least(self._array.lanes * cols)
-        self._dequant = Dequantizer(rows * self._stride, formats=formats)
+        if term_lanes is None:
+            term_lanes = min(self._stride, _pow2_at_least(
+                -(-rows * self._array.lanes * cols // BLOCK)))
+        if (not isinstance(term_lanes, int) or isinstance(term_lanes, bool)
+                or not 1 <= term_lanes <= self._stride or term_lanes & (term_lanes - 1)):
+            raise ValueError(f"Matmul engine term lanes must be a power of two from 1 to "
+                             f"{self._stride}, not {term_lanes!r}")
+        self._term_lanes = term_lanes
+        # Lane l takes the terms of outputs j ≡ l (mod term_lanes) of each array word.
+        self._dequants = [Dequantizer(rows * self._stride // term_lanes, formats=formats)
+                          for _ in range(term_lanes)]
         super().__init__({
             "i_cmd": In(stream.Signature(self.command_layout)),
             "i_w": In(stream.Signature(self._unpack.input_layout)),
@@ -114,6 +131,7 @@ class MatmulEngine(wiring.Component):
     cols = property(lambda self: self._cols)
     formats = property(lambda self: self._formats)
     byte_width = property(lambda self: self._byte_width)
+    term_lanes = property(lambda self: self._term_lanes)
 
     @property
     def command_layout(self):
@@ -133,7 +151,10 @@ class MatmulEngine(wiring.Component):
         rows, cols, lanes = self._rows, self._cols, self._lanes
         m.submodules.unpack = unpack = self._unpack
         m.submodules.array = array = self._array
-        m.submodules.dequant = dequant = self._dequant
+        for n, dequant in enumerate(self._dequants):
+            m.submodules[f"dequant{n}"] = dequant
+        n_lanes = self._term_lanes
+        lane_bits = (n_lanes - 1).bit_length()
         packed = array.packed
         g_max = cols * array.lanes
         stride = self._stride
@@ -331,41 +352,58 @@ class MatmulEngine(wiring.Component):
 
         # ---- Term builder: array words → dequant terms -----------------------------------
         # Each array word holds one row's block sums for the tile's G outputs; rows from M on
-        # computed on zero activations and are dropped. The scale entry and the activation
-        # scales of a block serve its `rows` words and are released after the last.
+        # computed on zero activations and are dropped. Each cycle the term lanes take the
+        # word's next outputs, lane l output j = step·term_lanes + l, all lanes together, so
+        # a word takes G / term_lanes cycles. The scale entry and the activation scales of a
+        # block serve its `rows` words and are released after the last.
         word = array.o.payload
         xs = self.i_xs.payload
         ws = scale_fifo.o.payload
-        j = Signal(range(g_max))
+        lane_stride = stride // n_lanes                 # accumulators per row in a lane
+        step_bits = (lane_stride - 1).bit_length()
+        step = Signal(max(1, step_bits))
         use = word.row < m_rows
         ready_scales = scale_fifo.o.valid & self.i_xs.valid & ~drain_xs
-        term = dequant.i.payload
         last_block = word.block == blocks_m1
-        m.submodules.tags = tags = StreamFIFO(16, 64)
-        term_valid = array.o.valid & use & ready_scales & (~last_block | tags.i.ready)
         row_xs = xs[word.row]
-        m.d.comb += [
-            term.sum.eq(word.sums[j]),
-            term.mode.eq(cmd.mode),
-            term.d_w.eq(ws[j].d),
-            term.m_w.eq(ws[j].m),
-            term.d_x.eq(row_xs.d),
-            term.q_sum.eq(row_xs.sum),
-            term.index.eq(Cat(j, word.row) if stride > 1 else word.row),
-            term.first.eq(word.block == 0),
-            term.last.eq(last_block),
-            dequant.i.valid.eq(term_valid),
-            # The column of an output: tile · G + j, known when its last term is sent.
-            tags.i.valid.eq(term_valid & dequant.i.ready & last_block),
-            tags.i.payload.eq(Mux(is_q8, word.tile * cols, word.tile * g_max) + j),
-        ]
-        term_sent = term_valid & dequant.i.ready
-        j_last = Mux(is_q8, cols - 1, g_max - 1)
-        take_word = array.o.valid & ready_scales & (~use | (term_sent & (j == j_last)))
-        with m.If(term_sent):
-            m.d.sync += j.eq(j + 1)
-            with m.If(j == j_last):
-                m.d.sync += j.eq(0)
+        g_cur = Mux(is_q8, cols, g_max)
+        tile_col = Signal(16)       # the column of the word's output 0: tile · G
+        m.d.comb += tile_col.eq(Mux(is_q8, word.tile * cols, word.tile * g_max))
+        lanes_ok = Const(1, 1)
+        lane_terms = []
+        for n, dequant in enumerate(self._dequants):
+            tags = StreamFIFO(16, 64)
+            m.submodules[f"tags{n}"] = tags
+            j = Signal(range(stride), name=f"j{n}")
+            m.d.comb += j.eq((step << lane_bits) | n)
+            active = j < g_cur
+            lanes_ok = lanes_ok & (~active | (dequant.i.ready & (~last_block | tags.i.ready)))
+            lane_terms.append((dequant, tags, j, active))
+        fire = Signal()             # every active lane takes its term
+        m.d.comb += fire.eq(array.o.valid & use & ready_scales & lanes_ok)
+        for dequant, tags, j, active in lane_terms:
+            term = dequant.i.payload
+            m.d.comb += [
+                term.sum.eq(word.sums[j]),
+                term.mode.eq(cmd.mode),
+                term.d_w.eq(ws[j].d),
+                term.m_w.eq(ws[j].m),
+                term.d_x.eq(row_xs.d),
+                term.q_sum.eq(row_xs.sum),
+                term.index.eq(Cat(step[:step_bits], word.row) if step_bits else word.row),
+                term.first.eq(word.block == 0),
+                term.last.eq(last_block),
+                dequant.i.valid.eq(fire & active),
+                # An output's column is known when its last term is sent.
+                tags.i.valid.eq(fire & active & last_block),
+                tags.i.payload.eq(tile_col + j),
+            ]
+        step_last = Mux(is_q8, (cols - 1) >> lane_bits, (g_max - 1) >> lane_bits)
+        take_word = array.o.valid & ready_scales & (~use | (fire & (step == step_last)))
+        with m.If(fire):
+            m.d.sync += step.eq(step + 1)
+            with m.If(step == step_last):
+                m.d.sync += step.eq(0)
         release = take_word & (word.row == rows - 1)
         m.d.comb += [
             array.o.ready.eq(take_word),
@@ -375,36 +413,59 @@ class MatmulEngine(wiring.Component):
         ]
 
         # ---- Results ---------------------------------------------------------------------
-        out = dequant.o.payload
-        row_bits = (stride - 1).bit_length()
-        m.d.comb += [
-            self.o.valid.eq(dequant.o.valid),
-            dequant.o.ready.eq(self.o.ready),
-            tags.o.ready.eq(dequant.o.valid & self.o.ready),
-            self.o.payload.row.eq(out.index[row_bits:]),
-            self.o.payload.col.eq(tags.o.payload),
-            self.o.payload.value.eq(out.value),
-        ]
-        m.d.sync += Assert(~dequant.o.valid | tags.o.valid,
-                           "Matmul engine: a result without its column tag")
+        # Each lane's results meet their column tags (the lane emits them in the order of
+        # their last terms, the order of its tag FIFO). With several lanes, a lane holds one
+        # engine tile's results (rows · G / term_lanes) in a FIFO: the lanes finish a tile
+        # term_lanes results a cycle, `o` takes one, and the rest leave while the next tile
+        # computes instead of stalling it. A round-robin arbiter merges the lanes.
+        lane_outs = []
+        for n, (dequant, tags, _, _) in enumerate(lane_terms):
+            out = dequant.o.payload
+            if n_lanes > 1:
+                queue = StreamFIFO(self.output_layout, rows * g_max // n_lanes)
+                m.submodules[f"out{n}"] = queue
+                lane_i, lane_o = queue.i, queue.o
+            else:
+                lane_i = lane_o = self.o
+            m.d.comb += [
+                lane_i.valid.eq(dequant.o.valid),
+                dequant.o.ready.eq(lane_i.ready),
+                tags.o.ready.eq(dequant.o.valid & lane_i.ready),
+                lane_i.payload.row.eq(out.index[step_bits:]),
+                lane_i.payload.col.eq(tags.o.payload),
+                lane_i.payload.value.eq(out.value),
+            ]
+            m.d.sync += Assert(~dequant.o.valid | tags.o.valid,
+                               "Matmul engine: a result without its column tag")
+            lane_outs.append(lane_o)
+        if n_lanes > 1:
+            m.submodules.merge = merge = RoundRobinArbiter(n_lanes)
+            m.d.comb += [
+                merge.requests.eq(Cat(lane.valid for lane in lane_outs)),
+                self.o.valid.eq(merge.valid),
+                self.o.payload.eq(Array(lane.payload for lane in lane_outs)[merge.index]),
+                merge.advance.eq(self.o.valid & self.o.ready),
+            ]
+            for n, lane in enumerate(lane_outs):
+                m.d.comb += lane.ready.eq(merge.grant[n] & self.o.ready)
         assert_stream_rules(m, self.o, "Matmul engine output")
 
         # Outputs whose last term is sent and whose result has not left.
         pending = Signal(16)
-        m.d.sync += pending.eq(pending + (tags.i.valid & tags.i.ready)
-                               - (self.o.valid & self.o.ready))
+        pushed = sum((tags.i.valid & tags.i.ready) for _, tags, _, _ in lane_terms)
+        m.d.sync += pending.eq(pending + pushed - (self.o.valid & self.o.ready))
 
         # ---- Errors and busy -------------------------------------------------------------
         with m.If(unpack.errors.as_value().any()):
             m.d.sync += self.errors.weights.eq(1)
-        with m.If(dequant.errors.as_value().any()):
+        with m.If(Cat(d.errors.as_value().any() for d in self._dequants).any()):
             m.d.sync += self.errors.dequant.eq(1)
         with m.If(array.errors.as_value().any()):
             m.d.sync += self.errors.command.eq(1)
         m.d.comb += [
             unpack.clear.eq(self.clear),
             array.clear.eq(self.clear),
-            dequant.clear.eq(self.clear),
+            *(d.clear.eq(self.clear) for d in self._dequants),
         ]
         with m.If(self.clear):
             m.d.sync += [self.errors.command.eq(0), self.errors.weights.eq(0),
