@@ -213,36 +213,53 @@ class Job:
     xs_addr: int = 0
     y_addr: int = 0
     y_stride: int = 0
+    groups: int = 1                 # activation groups of m rows; expected is m × groups·n
+
+    @property
+    def span(self):
+        """Results of one row: each group's N side by side."""
+        return self.groups * self.n
 
     def fields(self, **overrides):
         f = {"mode": mode_code(self.fmt), "interleaved": 0, "blocks": self.blocks,
              "tiles": self.tiles, "rows": self.m, "w_addr": self.w_addr, "x_addr": self.x_addr,
-             "xs_addr": self.xs_addr, "y_addr": self.y_addr, "y_stride": self.y_stride}
+             "xs_addr": self.xs_addr, "y_addr": self.y_addr, "y_stride": self.y_stride,
+             "groups": self.groups}
         f.update(overrides)
         return f
 
     def describe(self):
-        return (f"{self.fmt} M={self.m} N={self.n} K={32 * self.blocks} (w@{self.w_addr}, "
-                f"x@{self.x_addr}, xs@{self.xs_addr}, y@{self.y_addr} stride {self.y_stride})")
+        groups = f" × {self.groups} groups" if self.groups > 1 else ""
+        return (f"{self.fmt} M={self.m}{groups} N={self.n} K={32 * self.blocks} "
+                f"(w@{self.w_addr}, x@{self.x_addr}, xs@{self.xs_addr}, y@{self.y_addr} "
+                f"stride {self.y_stride})")
 
 
-def make_job(geometry, nrng, fmt, m, *, tiles=2, blocks=None, w_raw=None):
+def make_job(geometry, nrng, fmt, m, *, tiles=2, blocks=None, w_raw=None, groups=1):
+    """A job of ``groups`` activation groups of ``m`` rows each (one MATMUL), stored one
+    after the other; its expected results are matmul_q8's per group, side by side."""
     blocks = blocks or (8 if fmt == "TQ2_0" else 3)
     n, k = tiles * geometry.outputs_per_tile(fmt), 32 * blocks
     if w_raw is None:
         w_raw = random_weights(nrng, fmt, n, k)
-    x = (nrng.standard_normal((m, k)) * nrng.uniform(0.1, 4.0, (m, 1))).astype(np.float32)
-    if m > 1:
-        x[m - 1, :32] = 0       # an all-zero activation block: d = 0, sum = 0
-    codes, d_x = quantize_activations(x)
-    x_words, xs_words = activation_layout(geometry, codes, d_x)
+    parts = []
+    for _ in range(groups):
+        x = (nrng.standard_normal((m, k)) * nrng.uniform(0.1, 4.0, (m, 1))).astype(np.float32)
+        if m > 1:
+            x[m - 1, :32] = 0       # an all-zero activation block: d = 0, sum = 0
+        codes, d_x = quantize_activations(x)
+        parts.append((codes, d_x, *activation_layout(geometry, codes, d_x),
+                      matmul_q8(fmt, w_raw, codes, d_x).view(np.uint32).reshape(m, n)))
+    codes, d_x = parts[0][:2]
     return Job(fmt, m, tiles, blocks, n, w_raw, codes, d_x,
-               matmul_q8(fmt, w_raw, codes, d_x).view(np.uint32).reshape(m, n),
-               weight_layout(geometry, fmt, w_raw), x_words, xs_words, y_stride=n)
+               np.concatenate([p[4] for p in parts], axis=1),
+               weight_layout(geometry, fmt, w_raw), sum((p[2] for p in parts), []),
+               sum((p[3] for p in parts), []), y_stride=groups * n, groups=groups)
 
 
 def with_weights(geometry, job, w_raw):
     """``job`` with other weights (same shape)."""
+    assert job.groups == 1
     job.w_raw = w_raw
     job.w_words = weight_layout(geometry, job.fmt, w_raw)
     job.expected = matmul_q8(job.fmt, w_raw, job.codes, job.d_x).view(np.uint32) \
@@ -256,7 +273,7 @@ def load(prog, job, regions, src=SENDER, *, weights=True, y_addr=None):
         job.w_addr = regions.take(len(job.w_words))
     job.x_addr = regions.take(len(job.x_words))
     job.xs_addr = regions.take(len(job.xs_words))
-    job.y_addr = (regions.take((job.m - 1) * job.y_stride + job.n) if y_addr is None
+    job.y_addr = (regions.take((job.m - 1) * job.y_stride + job.span) if y_addr is None
                   else y_addr)
     writes = [(job.x_addr, job.x_words), (job.xs_addr, job.xs_words)]
     if weights:
@@ -273,7 +290,7 @@ def matmul(prog, job, src=SENDER):
     sram = prog.model.sram
     for r in range(job.m):
         base = job.y_addr + r * job.y_stride
-        got = [int(v) for v in sram[base:base + job.n]]
+        got = [int(v) for v in sram[base:base + job.span]]
         assert got == [int(v) for v in job.expected[r]], \
             f"the model's MATMUL differs from sim.dequant.matmul_q8: {job.describe()} row {r}"
 
@@ -281,12 +298,12 @@ def matmul(prog, job, src=SENDER):
 def send_results(prog, job, dst=SENDER, src=SENDER):
     """SEND the job's results to ``dst``: the whole region when its rows are contiguous, else
     row by row; the replies must carry matmul_q8's results."""
-    if job.y_stride == job.n:
-        got = prog.send(job.y_addr, job.m * job.n, dst, src)
+    if job.y_stride == job.span:
+        got = prog.send(job.y_addr, job.m * job.span, dst, src)
     else:
         got = []
         for r in range(job.m):
-            got += prog.send(job.y_addr + r * job.y_stride, job.n, dst, src)
+            got += prog.send(job.y_addr + r * job.y_stride, job.span, dst, src)
     assert got == [int(v) for v in job.expected.reshape(-1)]
 
 
@@ -312,15 +329,22 @@ def format_programs(geometry, model, nrng, prng, senders):
         regions = Regions(prng, geometry.words, start=prng.randrange(0, 1024))
         first = make_job(geometry, nrng, fmt, 1)
         second = make_job(geometry, nrng, fmt, 5, w_raw=first.w_raw)
+        # Three groups of all the array's rows on the same weights, in one MATMUL.
+        third = make_job(geometry, nrng, fmt, geometry.rows, w_raw=first.w_raw, groups=3)
+        if index % 2:
+            third.y_stride += 3     # rows apart: SENT row by row
         load(prog, first, regions, src)
-        second.w_addr = first.w_addr
-        load(prog, second, regions, src, weights=False)
+        for job in (second, third):
+            job.w_addr = first.w_addr
+            load(prog, job, regions, src, weights=False)
         matmul(prog, first, src)
         send_results(prog, first, src, src)
         matmul(prog, second, src)
         send_results(prog, second, src, src)
+        matmul(prog, third, src)
+        send_results(prog, third, src, src)
         prog.done(src)
-        prog.label += f": {first.describe()}; {second.describe()}"
+        prog.label += f": {first.describe()}; {second.describe()}; {third.describe()}"
         programs.append(prog.finish())
     return programs
 
@@ -421,6 +445,9 @@ def bad_programs(geometry, model, nrng, prng, senders):
         ("MATMUL mode 5", mm(mode=5), Error.SHAPE),
         ("MATMUL mode 7", mm(mode=7), Error.SHAPE),
         ("MATMUL TQ2_0 with 4 blocks", mm(mode=mode_code("TQ2_0"), blocks=4), Error.SHAPE),
+        ("MATMUL groups 0", mm(groups=0), Error.SHAPE),
+        ("MATMUL tiles · groups beyond the engine's 16 bits", mm(tiles=0x8000, groups=2),
+         Error.SHAPE),
         ("MATMUL rows 0 and a region beyond the SRAM (shape first)",
          mm(rows=0, y_addr=size), Error.SHAPE),
         ("MATMUL weights beyond the SRAM", mm(w_addr=size - w_end + 1), Error.RANGE),
@@ -432,6 +459,10 @@ def bad_programs(geometry, model, nrng, prng, senders):
         ("MATMUL results beyond the SRAM by their stride", mm(y_addr=0, y_stride=2100),
          Error.RANGE),
         ("MATMUL far beyond the SRAM", mm(x_addr=0xFFFFFFFF), Error.RANGE),
+        ("MATMUL activations of 255 groups beyond the SRAM", mm(groups=255, y_addr=0, rows=1),
+         Error.RANGE),
+        ("MATMUL results of two groups beyond the SRAM",
+         mm(groups=2, y_addr=size - 2 * q4.n + 1, rows=1), Error.RANGE),
         ("MATMUL with more tiles than the weights fit", mm(tiles=0xFFFF, blocks=0xFFFF),
          Error.RANGE),
     ]
@@ -440,7 +471,7 @@ def bad_programs(geometry, model, nrng, prng, senders):
         prog = Program(f"bad micro-op: {label}", model, prng, idle, stall)
         good = jobs[index % 2]
         # Stale results cannot pass for the good MATMUL's.
-        prog.write(good.y_addr, noise((good.m - 1) * good.y_stride + good.n))
+        prog.write(good.y_addr, noise((good.m - 1) * good.y_stride + good.span))
         prog.done(prng.choice(senders))
         src = prng.choice(senders)
         replies = prog.add(kind, words, src)
@@ -560,6 +591,7 @@ def poison_programs(geometry, model, nrng, prng, senders):
         src = prng.choice(senders)
         prog.done(prng.choice(senders))
         run(prog, case, src, True)
+        prog.done()             # the SEND that checked may still be reading job's results
         matmul(prog, job)
         send_results(prog, job)
         prog.done()
@@ -579,6 +611,7 @@ def poison_programs(geometry, model, nrng, prng, senders):
                 prog.send(job.y_addr + prng.randrange(0, results - 3), prng.randint(1, 3),
                           prng.choice(senders), prng.choice(senders))
         prog.send(scratch, size - scratch)      # what the poisoned WRITEs left, the model's
+        prog.done()
         matmul(prog, job)
         send_results(prog, job)
         prog.done()

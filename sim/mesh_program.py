@@ -11,10 +11,13 @@ SRAM region. As many groups as the SRAM holds beside the buffers are *resident* 
 the matmul makes one pass over the weights per set of resident groups.
 
 **Order and waits.** Each pass multicasts its groups' activations; then, for each chunk index
-j and each tile t in turn: WRITE chunk j of tile t's weights, then for each resident group a
-MATMUL and a SEND of the G results per row back to the edge. A chunk's weights thus enter the
-mesh once per pass, not once per group (prefill's M = 32 is four groups at 8 rows; with
-K = 576 three fit the default tile's SRAM, so two passes). Before the weights of chunk j + 2
+j and each tile t in turn: WRITE chunk j of tile t's weights, then one MATMUL over all the
+resident groups (a group with fewer rows, the last of x, gets a MATMUL of its own) and SENDs of
+its results back to the edge. A chunk's weights thus enter the mesh once per pass, and the
+tile's engine streams the chunk once per group without a pause between groups (prefill's
+M = 32 is four groups at 8 rows; with K = 576 two fit the default tile's SRAM beside the
+buffers, so two passes). Consecutive MATMULs of a tile write its two result buffers in turn:
+a MATMUL must not write what the SEND before it may still be shipping (docs/tile.md). Before the weights of chunk j + 2
 go to a tile, the edge waits until that tile's last SEND of chunk j has arrived (the buffer it
 reuses is then free); before a pass's activations, until every tile has answered every SEND.
 A tile executes its micro-ops in order and answers in order, so counting each tile's answers
@@ -91,10 +94,11 @@ class MatmulProgram:
         blocks = self.k // 32
         chunk_words = len(weight_layout(g, self.fmt, self.w_raw[:self.per_chunk]))
         # SRAM map of every tile: the resident groups' activations, their scales, two result
-        # and two weight buffers. As many groups stay resident as the SRAM holds.
+        # buffers (a chunk's results of every resident group) and two weight buffers. As
+        # many groups stay resident as the SRAM holds.
         groups = -(-self.m // g.rows)
-        per_group = self.k + blocks * g.xs_words
-        buffers = 2 * g.rows * self.per_chunk + 2 * chunk_words
+        per_group = self.k + blocks * g.xs_words + 2 * g.rows * self.per_chunk
+        buffers = 2 * chunk_words
         self.resident = min(groups, (g.words - buffers) // per_group)
         if self.resident < 1:
             raise ValueError(f"a {self.fmt} matmul with K = {self.k} needs "
@@ -104,8 +108,9 @@ class MatmulProgram:
         xs0 = self.resident * self.k
         self.xs_addr = tuple(xs0 + i * blocks * g.xs_words for i in range(self.resident))
         y0 = xs0 + self.resident * blocks * g.xs_words
-        self.y_addr = (y0, y0 + g.rows * self.per_chunk)
-        w0 = y0 + 2 * g.rows * self.per_chunk
+        y_words = self.resident * g.rows * self.per_chunk
+        self.y_addr = (y0, y0 + y_words)
+        w0 = y0 + 2 * y_words
         self.w_addr = (w0, w0 + chunk_words)
         self.mode = mode_code(self.fmt)
         xb = split_blocks("Q8_0", quantize(self.x, GGMLQuantizationType.Q8_0))
@@ -129,7 +134,10 @@ class MatmulProgram:
         tiles = self.tile_fields()
         everyone = {"multicast": True, "last": (self.mesh_x, self.mesh_y)}
         answers = {t: 0 for t in tiles}
-        self.sends = []             # (tile, row0, col0, rows) in program order
+        matmuls = {t: 0 for t in tiles}
+        # Each SEND in program order: (tile, first column, first row of each of its groups,
+        # the rows [r0, r1) of the groups it carries).
+        self.sends = []
         groups = [(r0, min(g.rows, self.m - r0)) for r0 in range(0, self.m, g.rows)]
         for p0 in range(0, len(groups), self.resident):
             resident = groups[p0:p0 + self.resident]
@@ -140,6 +148,10 @@ class MatmulProgram:
                                                       self.d_x[r0:r0 + rows])
                 items += self._writes((1, 1), self.x_addr[i], x_words, **everyone)
                 items += self._writes((1, 1), self.xs_addr[i], xs_words, **everyone)
+            # One MATMUL per run of groups with the same rows: the full groups, then the
+            # last group of x if it is shorter.
+            runs = [[i for i, (_, rows) in enumerate(resident) if rows == size]
+                    for size in sorted({rows for _, rows in resident}, reverse=True)]
             done = {t: [] for t in tiles}   # each tile's answer count after each chunk
             for j in range(self.chunks):
                 for ti, t in enumerate(tiles):
@@ -149,20 +161,33 @@ class MatmulProgram:
                     chunk = self.w_raw[start:start + self.per_chunk]
                     items += self._writes(t, self.w_addr[j % 2],
                                           weight_layout(g, self.fmt, chunk))
-                    for i, (r0, rows) in enumerate(resident):
-                        y_addr = self.y_addr[(j * len(resident) + i) % 2]
-                        kind, words = matmul_packet(
-                            mode=self.mode, blocks=self.k // 32, tiles=1, rows=rows,
-                            w_addr=self.w_addr[j % 2], x_addr=self.x_addr[i],
-                            xs_addr=self.xs_addr[i], y_addr=y_addr, y_stride=self.per_chunk)
-                        items.append(Packet(t, kind, tuple(words)))
-                        kind, words = send_packet(addr=y_addr, count=rows * self.per_chunk,
-                                                  dst_x=EDGE[0], dst_y=EDGE[1],
-                                                  dst_addr=len(self.sends))
-                        items.append(Packet(t, kind, tuple(words)))
-                        self.sends.append((t, r0, start, rows))
-                        answers[t] += 1
+                    for run in runs:
+                        items += self._matmul(t, j, start, [resident[i] for i in run],
+                                              run[0], matmuls[t] % 2, answers)
+                        matmuls[t] += 1
                     done[t].append(answers[t])
+        return items
+
+    def _matmul(self, t, j, col0, groups, first, buffer, answers):
+        """A MATMUL of chunk ``j`` on tile ``t`` over resident ``groups`` (stored from
+        resident index ``first`` on) into result buffer ``buffer``, and its SENDs: whole rows,
+        as few packets as fit, of the groups' results side by side (y_stride = groups·G)."""
+        rows = groups[0][1]
+        y_addr, stride = self.y_addr[buffer], len(groups) * self.per_chunk
+        kind, words = matmul_packet(
+            mode=self.mode, blocks=self.k // 32, tiles=1, rows=rows, groups=len(groups),
+            w_addr=self.w_addr[j % 2], x_addr=self.x_addr[first], xs_addr=self.xs_addr[first],
+            y_addr=y_addr, y_stride=stride)
+        items = [Packet(t, kind, tuple(words))]
+        packets = -(-rows * stride // (MAX_WORDS - 1))
+        per = -(-rows // packets)
+        for r0 in range(0, rows, per):
+            r1 = min(rows, r0 + per)
+            kind, words = send_packet(addr=y_addr + r0 * stride, count=(r1 - r0) * stride,
+                                      dst_x=EDGE[0], dst_y=EDGE[1], dst_addr=len(self.sends))
+            items.append(Packet(t, kind, tuple(words)))
+            self.sends.append((t, col0, tuple(g0 for g0, _ in groups), r0, r1))
+            answers[t] += 1
         return items
 
     def packets(self):
@@ -180,12 +205,14 @@ class MatmulProgram:
             if kind != Kind.WRITE:
                 continue
             index = int(words[0])
-            t, r0, c0, rows = self.sends[index]
+            t, c0, starts, r0, r1 = self.sends[index]
             if src != t or index in seen:
                 raise ValueError(f"answer {index} from {src} does not belong there")
             seen.add(index)
             values = np.array([int(v) & 0xFFFFFFFF for v in words[1:]], dtype=np.uint32)
-            y[r0:r0 + rows, c0:c0 + self.per_chunk] = values.reshape(rows, self.per_chunk)
+            values = values.reshape(r1 - r0, len(starts), self.per_chunk)
+            for gi, g0 in enumerate(starts):
+                y[g0 + r0:g0 + r1, c0:c0 + self.per_chunk] = values[:, gi]
         if len(seen) != len(self.sends):
             raise ValueError(f"{len(self.sends) - len(seen)} of {len(self.sends)} answers "
                              f"missing")

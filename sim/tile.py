@@ -9,7 +9,9 @@ micro-op  kind words
 ========= ==== ============================================================================
 WRITE     0    ``addr``; then the data words, written to SRAM from ``addr`` on
 MATMUL    1    ``mode | interleaved | blocks | tiles | rows``; ``w_addr | x_addr``;
-               ``xs_addr | y_addr``; ``y_stride``: y = W · x on the matmul engine
+               ``xs_addr | y_addr``; ``y_stride | groups``: y = W · x on the matmul engine,
+               for ``groups`` activation groups of ``rows`` rows stored one after the other
+               (group g's output n of row r at ``y_addr + r·y_stride + g·N + n``)
 SEND      2    ``addr | count``; ``dst_x | dst_y | dst_addr``: send ``count`` SRAM words
                from ``addr`` as a WRITE packet (``dst_addr`` first) to ``(dst_x, dst_y)``
 DONE      3    ``tag``: when every earlier micro-op has finished, send a DONE packet with
@@ -18,10 +20,12 @@ ERROR     15   (sent by a tile) the error flags and the offending micro-op's kin
 ========= ==== ============================================================================
 
 WRITE packets are executed as they arrive; MATMUL, SEND and DONE are queued and executed in
-order. A program must not WRITE a region that a queued or running MATMUL or SEND still reads
-(the driver waits for an answer first), and a MATMUL's result region must not overlap its
-operand regions (the engine re-reads the activations for every engine tile while it writes
-results).
+order, but a SEND ships its words while the micro-ops after it run. So a program must not WRITE
+a region that a queued or running MATMUL or SEND still reads (the driver waits for an answer
+first); a MATMUL must not write the region of the last SEND before it unless a DONE or another
+answer lies between them (:class:`TileModel` raises :class:`ProgramHazard`); and a MATMUL's
+result region must not overlap its operand regions (the engine re-reads the activations for
+every engine tile while it writes results).
 
 A packet with the NoC's ``poison`` mark (a router repaired it: the mark is on its last word, or
 on its header when no words arrived; it may have fewer words than its header's ``length``) is
@@ -39,7 +43,7 @@ from .dequant import matmul_q8
 from .gguf_blocks import FORMATS
 
 
-__all__ = ["Kind", "Error", "TileGeometry", "TileModel",
+__all__ = ["Kind", "Error", "TileGeometry", "TileModel", "ProgramHazard",
            "write_packet", "matmul_packet", "send_packet", "done_packet",
            "weight_layout", "activation_layout", "unpack_fields", "pack_fields"]
 
@@ -69,7 +73,7 @@ FIELDS = {
                   "tiles": (0, 24, 16), "rows": (0, 40, 8),
                   "w_addr": (1, 0, 32), "x_addr": (1, 32, 32),
                   "xs_addr": (2, 0, 32), "y_addr": (2, 32, 32),
-                  "y_stride": (3, 0, 32)},
+                  "y_stride": (3, 0, 32), "groups": (3, 32, 8)},
     Kind.SEND: {"addr": (0, 0, 32), "count": (0, 32, 8),
                 "dst_x": (1, 0, 8), "dst_y": (1, 8, 8), "dst_addr": (1, 32, 32)},
     Kind.DONE: {"tag": (0, 0, 32)},
@@ -161,6 +165,11 @@ def activation_layout(geometry, x_codes, d_x):
     return x_words, xs_words
 
 
+class ProgramHazard(ValueError):
+    """A program whose result would depend on timing: a MATMUL that writes a region the SEND
+    before it may still be reading."""
+
+
 @dataclass
 class TileModel:
     """One tile: its SRAM image and its queue; :meth:`receive` takes a packet and returns the
@@ -172,9 +181,13 @@ class TileModel:
     def __post_init__(self):
         self.sram = np.zeros(self.geometry.words, dtype=object)
         self.errors = 0
+        # The region of the last SEND, while it may still be shipping: until an answer
+        # that waits for it (DONE, ERROR) or the next SEND.
+        self.sending = None
 
     def _error(self, bit, kind, src):
         self.errors |= 1 << bit
+        self.sending = None
         return [(src, Kind.ERROR, [(1 << bit) | (int(kind) << 8)])]
 
     def receive(self, kind, words, src, poison=False, *, length=None):
@@ -221,12 +234,14 @@ class TileModel:
             return self._error(Error.LENGTH, kind, src)
         f = unpack_fields(kind, words)
         if kind == Kind.DONE:
+            self.sending = None
             return [(src, Kind.DONE, [f["tag"]])]
         if kind == Kind.SEND:
             # The answer is a WRITE packet: an address word and at most 254 data words.
             if f["addr"] + f["count"] > size or not 1 <= f["count"] <= 254:
                 return self._error(Error.RANGE, kind, src)
             data = [int(w) for w in self.sram[f["addr"]:f["addr"] + f["count"]]]
+            self.sending = (f["addr"], f["addr"] + f["count"])
             return [((f["dst_x"], f["dst_y"]), Kind.WRITE, [f["dst_addr"]] + data)]
         return self._matmul(f, src)
 
@@ -238,8 +253,14 @@ class TileModel:
         fmt = WEIGHT_FORMATS[f["mode"]]
         if fmt != "Q8_0" and not g.packed:
             return False
-        return (f["blocks"] > 0 and f["tiles"] > 0 and 1 <= f["rows"] <= g.rows
-                and not (fmt == "TQ2_0" and f["blocks"] % 8))
+        if not (f["blocks"] > 0 and f["tiles"] > 0 and 1 <= f["rows"] <= g.rows
+                and 1 <= f["groups"] and f["tiles"] * f["groups"] < 1 << 16
+                and not (fmt == "TQ2_0" and f["blocks"] % 8)):
+            return False
+        # The weights are read once per group: with groups, they must end on a word.
+        n = f["tiles"] * g.outputs_per_tile(fmt)
+        return f["groups"] == 1 or n * f["blocks"] * _bytes_per_block32(fmt) % (
+            g.word_bits // 8) == 0
 
     def matmul_regions(self, f):
         """(start, end) of the weight, activation, scale and result regions (words)."""
@@ -249,10 +270,11 @@ class TileModel:
         n = f["tiles"] * g.outputs_per_tile(fmt)
         w_bytes = int(n * f["blocks"] * _bytes_per_block32(fmt))
         per = g.word_bits // 8
+        groups = f["groups"]
         return [(f["w_addr"], f["w_addr"] + -(-w_bytes // per)),
-                (f["x_addr"], f["x_addr"] + 32 * f["blocks"]),
-                (f["xs_addr"], f["xs_addr"] + g.xs_words * f["blocks"]),
-                (f["y_addr"], f["y_addr"] + (f["rows"] - 1) * f["y_stride"] + n)]
+                (f["x_addr"], f["x_addr"] + 32 * f["blocks"] * groups),
+                (f["xs_addr"], f["xs_addr"] + g.xs_words * f["blocks"] * groups),
+                (f["y_addr"], f["y_addr"] + (f["rows"] - 1) * f["y_stride"] + n * groups)]
 
     def _matmul(self, f, src):
         from rtl.config import WEIGHT_FORMATS
@@ -262,7 +284,11 @@ class TileModel:
         if any(end > g.words for _, end in self.matmul_regions(f)):
             return self._error(Error.RANGE, Kind.MATMUL, src)
         fmt = WEIGHT_FORMATS[f["mode"]]
-        (w0, w1), (x0, _), (s0, _), _ = self.matmul_regions(f)
+        (w0, w1), (x0, _), (s0, _), (y0, y1) = self.matmul_regions(f)
+        if self.sending and y0 < self.sending[1] and self.sending[0] < y1:
+            raise ProgramHazard(f"MATMUL writes SRAM {y0}..{y1 - 1}, which the SEND before it "
+                                f"({self.sending[0]}..{self.sending[1] - 1}) may still be "
+                                f"reading")
         per = g.word_bits // 8
         gsize = g.outputs_per_tile(fmt)
         elements, size = FORMATS[fmt][:2]
@@ -271,11 +297,13 @@ class TileModel:
         stream = np.frombuffer(stream, dtype=np.uint8)[:n * k // elements * size]
         blocks = stream.reshape(f["tiles"], k // elements, gsize, size)
         w_raw = blocks.transpose(0, 2, 1, 3).reshape(n, -1)
-        codes, d_x = self._activations(f, x0, s0)
-        y = matmul_q8(fmt, w_raw, codes, d_x, interleaved=bool(f["interleaved"]))
-        for r in range(f["rows"]):
-            base = f["y_addr"] + r * f["y_stride"]
-            self.sram[base:base + n] = [int(v) for v in y[r].view(np.uint32)]
+        for group in range(f["groups"]):
+            codes, d_x = self._activations(f, x0 + group * k,
+                                           s0 + group * g.xs_words * f["blocks"])
+            y = matmul_q8(fmt, w_raw, codes, d_x, interleaved=bool(f["interleaved"]))
+            for r in range(f["rows"]):
+                base = f["y_addr"] + r * f["y_stride"] + group * n
+                self.sram[base:base + n] = [int(v) for v in y[r].view(np.uint32)]
         # The engine's unpacker flags a weight block with an inf/NaN scale (the results are
         # still IEEE's): reported after the MATMUL.
         if _nonfinite_scales(fmt, w_raw):
@@ -310,7 +338,8 @@ def write_packet(addr, data):
 
 
 def matmul_packet(**fields):
-    return Kind.MATMUL, pack_fields(Kind.MATMUL, fields)
+    """A MATMUL; ``groups`` is 1 unless given."""
+    return Kind.MATMUL, pack_fields(Kind.MATMUL, {"groups": 1, **fields})
 
 
 def send_packet(**fields):

@@ -3,6 +3,8 @@
 sim.dequant.matmul, and the parameter checks of the tile, the mesh and the edge interface. The
 RTL against the model: cocotb_tests/test_tile.py and test_tile_mesh.py."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
@@ -39,9 +41,10 @@ def test_distributed_matmul_is_the_golden_matmul(fmt, m):
 
 
 def test_weights_enter_once_per_set_of_groups_the_sram_holds():
-    # K = 576 (SmolLM2's width) and M = 32: four groups of 8 rows. Each group's activations
-    # take 576 + 18 · 4 words; a Q4_1 chunk 720, two of them and two 128-word result buffers
-    # 1696. 4096 words hold three groups, so the weights enter twice; 8192 hold all four.
+    # K = 576 (SmolLM2's width) and M = 32: four groups of 8 rows. Each resident group takes
+    # 576 + 18 · 4 words of activations and 8 · 16 words in each of the two result buffers:
+    # 904; the two Q4_1 weight buffers 2 · 720. 4096 words hold two groups, so the weights
+    # enter twice; 8192 hold all four; 2500 one, so four times.
     rng = np.random.default_rng(5)
     w_raw = _weights(rng, "Q4_1", 4 * 16, 576)
     x = rng.standard_normal((32, 576)).astype(np.float32)
@@ -76,9 +79,10 @@ def test_the_split_covers_every_row_once(mesh):
     w_raw = _weights(rng, "Q4_0", 16 * 2 * mesh[0] * mesh[1], 64)
     x = rng.standard_normal((3, 64)).astype(np.float32)
     program = P.MatmulProgram("Q4_0", w_raw, x, *mesh)
-    columns = sorted(c for _, _, c, _ in program.sends)
-    assert columns == list(range(0, w_raw.shape[0], 16))
-    assert {t for t, _, _, _ in program.sends} == set(program.tile_fields())
+    covered = Counter((c0, g0 + r) for _, c0, starts, r0, r1 in program.sends
+                      for g0 in starts for r in range(r0, r1))
+    assert covered == {(c, r): 1 for c in range(0, w_raw.shape[0], 16) for r in range(3)}
+    assert {send[0] for send in program.sends} == set(program.tile_fields())
 
 
 def test_waits_keep_a_buffer_until_its_answer():
@@ -205,3 +209,79 @@ def test_edge_interface_takes_an_edge_endpoint():
     with pytest.raises(ValueError, match=r"^Network interface at an edge endpoint takes field, "
                                          r"not x and y, not x=0 y=0$"):
         NetworkInterface(fmt, 0, 0, 4, field=(0, 1))
+
+
+def _q8(rng, m, k):
+    xb = quantize(rng.standard_normal((m, k)).astype(np.float32), GGMLQuantizationType.Q8_0)
+    blocks = np.frombuffer(xb.tobytes(), dtype=np.uint8).reshape(m, k // 32, 34)
+    d_x = blocks[:, :, :2].copy().view(np.uint16).reshape(m, k // 32)
+    codes = blocks[:, :, 2:].copy().view(np.int8).reshape(m, k)
+    return codes, d_x
+
+
+def test_model_groups_share_the_weights():
+    # One MATMUL over three groups of activation rows stored one after the other: group g's
+    # output n of row r lands at y_addr + r·y_stride + g·N + n (docs/tile.md).
+    rng = np.random.default_rng(8)
+    geometry = T.TileGeometry()
+    tile, edge = T.TileModel(geometry), (0, 1)
+    n, k, m, groups = 2 * 16, 64, 3, 3
+    w_raw = _weights(rng, "Q4_0", n, k)
+    w_words = T.weight_layout(geometry, "Q4_0", w_raw)
+    x_addr, xs_addr, y_addr, y_stride = 1000, 1500, 2000, groups * n + 7
+    parts = [_q8(rng, m, k) for _ in range(groups)]
+    tile.receive(*T.write_packet(0, w_words), edge)
+    for g, (codes, d_x) in enumerate(parts):
+        x_words, xs_words = T.activation_layout(geometry, codes, d_x)
+        assert len(x_words) == k and len(xs_words) == 2 * geometry.xs_words
+        tile.receive(*T.write_packet(x_addr + g * k, x_words), edge)
+        tile.receive(*T.write_packet(xs_addr + g * len(xs_words), xs_words), edge)
+    assert tile.receive(*T.matmul_packet(
+        mode=1, blocks=k // 32, tiles=2, rows=m, groups=groups, w_addr=0, x_addr=x_addr,
+        xs_addr=xs_addr, y_addr=y_addr, y_stride=y_stride), edge) == []
+    for g, (codes, d_x) in enumerate(parts):
+        want = dequant.matmul_q8("Q4_0", w_raw, codes, d_x).view(np.uint32)
+        for r in range(m):
+            base = y_addr + r * y_stride + g * n
+            assert [int(v) for v in tile.sram[base:base + n]] == [int(v) for v in want[r]]
+    # Nothing between the rows' spans is written.
+    assert tile.sram[y_addr + groups * n] == 0
+
+
+def test_model_groups_shape():
+    edge = (0, 1)
+    shape_error = [1 << T.Error.SHAPE | int(T.Kind.MATMUL) << 8]
+    tile = T.TileModel()
+    assert tile.receive(*T.matmul_packet(mode=1, blocks=1, tiles=1, rows=1, groups=0),
+                        edge)[0][2] == shape_error
+    assert tile.receive(*T.matmul_packet(mode=1, blocks=1, tiles=0x8000, rows=1, groups=2),
+                        edge)[0][2] == shape_error
+    # 3 columns: a Q4_0 tile is 6 rows, 6 · 18 bytes per block, not whole 8-byte words. The
+    # engine reads the weights once per group as one job, so more groups need whole words.
+    tile = T.TileModel(T.TileGeometry(cols=3))
+    fields = dict(mode=1, blocks=1, tiles=1, rows=1, x_addr=100, xs_addr=200, y_addr=300)
+    assert tile.receive(*T.matmul_packet(**fields, groups=2), edge)[0][2] == shape_error
+    assert tile.receive(*T.matmul_packet(**fields, groups=1), edge) == []
+    assert tile.receive(*T.matmul_packet(**{**fields, "blocks": 4}, groups=2),
+                        edge) == []                                       # 432 bytes
+
+
+def test_model_refuses_a_matmul_over_a_send_in_flight():
+    # A SEND ships its words while the next micro-ops run: a MATMUL must not write them until
+    # an answer that waits for the SEND (DONE, ERROR) or the next SEND lies between.
+    edge = (0, 1)
+    fields = dict(mode=1, blocks=1, tiles=1, rows=1, x_addr=100, xs_addr=200, y_addr=300)
+    send = T.send_packet(addr=310, count=4, dst_x=0, dst_y=1)
+    tile = T.TileModel()
+    tile.receive(*send, edge)
+    with pytest.raises(T.ProgramHazard, match=r"^MATMUL writes SRAM 300\.\.315, which the "
+                                               r"SEND before it \(310\.\.313\) may still be "
+                                               r"reading$"):
+        tile.receive(*T.matmul_packet(**fields), edge)
+    assert tile.receive(*T.matmul_packet(**{**fields, "y_addr": 310 - 16}), edge) == []
+    for between in (T.done_packet(1), T.send_packet(addr=0, count=1, dst_x=0, dst_y=1),
+                    (7, [0])):
+        tile = T.TileModel()
+        tile.receive(*send, edge)
+        tile.receive(*between, edge)
+        tile.receive(*T.matmul_packet(**fields), edge)

@@ -1,5 +1,5 @@
-"""Region reader: streams a range of SRAM words, possibly several times, through one SRAM read
-port (docs/tile.md)."""
+"""Region reader: streams consecutive ranges of SRAM words, each possibly several times, through
+one SRAM read port (docs/tile.md)."""
 
 from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
@@ -13,8 +13,10 @@ __all__ = ["RegionReader"]
 
 
 class RegionReader(wiring.Component):
-    """Reads ``count`` words from ``addr`` on, ``repeat`` times over, through an SRAM read port,
-    and streams them out in order with ``last`` on the very last word.
+    """Reads ``segments`` consecutive ranges of ``count`` words from ``addr`` on, each
+    ``repeat`` times over before the next, through an SRAM read port, and streams them out in
+    order with ``last`` on the very last word: for s < segments, for r < repeat, words
+    ``addr + s·count`` to ``addr + (s + 1)·count − 1``.
 
     Requests go out as fast as the port takes them; the port itself stops accepting while
     seven responses are owed, so a stalled consumer holds the reader back without losing a
@@ -29,8 +31,8 @@ class RegionReader(wiring.Component):
 
     Members
     -------
-    i_cmd : ``In(stream.Signature({addr, count, repeat}))``
-        One region per command; ``count`` and ``repeat`` of 0 read nothing.
+    i_cmd : ``In(stream.Signature({addr, count, repeat, segments}))``
+        One region per command; ``count``, ``repeat`` or ``segments`` of 0 reads nothing.
     o_req : ``Out(stream.Signature({addr}))``
         To the SRAM port's request stream.
     i_resp : ``In(stream.Signature({error, data}))``
@@ -49,7 +51,7 @@ class RegionReader(wiring.Component):
         self._address_width = address_width
         super().__init__({
             "i_cmd": In(stream.Signature(data.StructLayout({
-                "addr": address_width, "count": 32, "repeat": 16}))),
+                "addr": address_width, "count": 32, "repeat": 16, "segments": 16}))),
             "o_req": Out(stream.Signature(data.StructLayout({"addr": address_width}))),
             "i_resp": In(stream.Signature(data.StructLayout({"error": SRAMError,
                                                               "data": width}))),
@@ -61,27 +63,32 @@ class RegionReader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        base = Signal(self._address_width)
+        base = Signal(self._address_width)     # of the segment being requested
         count = Signal(32)
         repeat = Signal(16)
-        index = Signal(32)          # of the next request within the region
-        round_ = Signal(16)         # region pass of the next request
+        segments = Signal(16)
+        index = Signal(32)          # of the next request within the segment
+        round_ = Signal(16)         # segment pass of the next request
+        segment = Signal(16)        # of the next request
         requesting = Signal()
         owed = Signal(range(64))    # requests sent whose words have not left
-        # The responses come in request order: a second pair of counters marks the last.
+        # The responses come in request order: a second set of counters marks the last.
         out_index = Signal(32)
         out_round = Signal(16)
+        out_segment = Signal(16)
 
         m.d.comb += self.i_cmd.ready.eq(~requesting & (owed == 0))
         with m.If(self.i_cmd.valid & self.i_cmd.ready):
-            empty = (self.i_cmd.payload.count == 0) | (self.i_cmd.payload.repeat == 0)
+            new = self.i_cmd.payload
+            empty = (new.count == 0) | (new.repeat == 0) | (new.segments == 0)
             m.d.sync += [
-                base.eq(self.i_cmd.payload.addr),
-                count.eq(self.i_cmd.payload.count),
-                repeat.eq(self.i_cmd.payload.repeat),
-                index.eq(0), round_.eq(0),
+                base.eq(new.addr),
+                count.eq(new.count),
+                repeat.eq(new.repeat),
+                segments.eq(new.segments),
+                index.eq(0), round_.eq(0), segment.eq(0),
                 requesting.eq(~empty),
-                out_index.eq(0), out_round.eq(0),
+                out_index.eq(0), out_round.eq(0), out_segment.eq(0),
             ]
 
         m.d.comb += [
@@ -94,13 +101,16 @@ class RegionReader(wiring.Component):
             with m.If(index == count - 1):
                 m.d.sync += [index.eq(0), round_.eq(round_ + 1)]
                 with m.If(round_ == repeat - 1):
-                    m.d.sync += requesting.eq(0)
+                    m.d.sync += [round_.eq(0), segment.eq(segment + 1), base.eq(base + count)]
+                    with m.If(segment == segments - 1):
+                        m.d.sync += requesting.eq(0)
 
         resp = self.i_resp
         m.d.comb += [
             self.o.valid.eq(resp.valid),
             self.o.payload.data.eq(resp.payload.data),
-            self.o.payload.last.eq((out_index == count - 1) & (out_round == repeat - 1)),
+            self.o.payload.last.eq((out_index == count - 1) & (out_round == repeat - 1)
+                                   & (out_segment == segments - 1)),
             resp.ready.eq(self.o.ready),
         ]
         taken = self.o.valid & self.o.ready
@@ -108,6 +118,8 @@ class RegionReader(wiring.Component):
             m.d.sync += out_index.eq(out_index + 1)
             with m.If(out_index == count - 1):
                 m.d.sync += [out_index.eq(0), out_round.eq(out_round + 1)]
+                with m.If(out_round == repeat - 1):
+                    m.d.sync += [out_round.eq(0), out_segment.eq(out_segment + 1)]
             with m.If(resp.payload.error != SRAMError.NONE):
                 m.d.sync += self.error.eq(1)
         m.d.sync += owed.eq(owed + sent - taken)

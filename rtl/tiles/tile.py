@@ -139,6 +139,12 @@ class Tile(wiring.Component):
             wiring.connect(m, getattr(sram, f"o_{port}"), reader.i_resp)
 
         errors = Signal(8)
+        # Each part raises error bits through its own signal; `errors` takes them all, so
+        # two parts raising bits in one cycle both count.
+        rx_raise = Signal(8)            # receive: a bad packet
+        ex_raise = Signal(8)            # execute: a MATMUL, SEND or its check
+        tx_raise = Signal(8)            # the send unit: a SEND's uncorrectable word
+        mem_raise = Signal(8)           # the SRAM's write ports
         coord = len(self.o_header.payload.src_x)
         op_layout = data.StructLayout({
             "kind": Kind, "src_x": coord, "src_y": coord,
@@ -259,13 +265,17 @@ class Tile(wiring.Component):
                     queue.i.payload.words[0].eq((Const(1, 8) << report) | (rx.kind.as_value() << 8)),
                 ]
                 with m.If(queue.i.ready):
-                    m.d.sync += errors.eq(errors | (Const(1, 8) << report))
+                    m.d.comb += rx_raise.eq(Const(1, 8) << report)
                     m.next = "HEADER"
         m.d.comb += sram.o_fill.ready.eq(1)
-        with m.If(sram.o_fill.valid & (sram.o_fill.payload.error != SRAMError.NONE)):
-            m.d.sync += errors[Error.MEMORY].eq(1)
+        fill_error = sram.o_fill.valid & (sram.o_fill.payload.error != SRAMError.NONE)
 
         # ---- Execute ---------------------------------------------------------------------
+        # Micro-ops run in order. A SEND is handed to the send unit (below), and the next
+        # micro-op starts while it ships its words: a MATMUL does not wait for an earlier
+        # SEND (the program must not let it write what that SEND reads, docs/tile.md). Every
+        # answer (a SEND's packet, DONE, ERROR) goes out in order: nothing is answered while
+        # the send unit is busy.
         op = Signal(op_layout)
         w = op.words
         mode = _field(w, 0, 0, 3)
@@ -274,14 +284,17 @@ class Tile(wiring.Component):
         m_rows = _field(w, 0, 40, 8)
         w_addr, x_addr = _field(w, 1, 0, 32), _field(w, 1, 32, 32)
         xs_addr, y_addr = _field(w, 2, 0, 32), _field(w, 2, 32, 32)
-        y_stride = _field(w, 3, 0, 32)
+        y_stride, groups = _field(w, 3, 0, 32), _field(w, 3, 32, 8)
         send_addr, send_count = _field(w, 0, 0, 32), _field(w, 0, 32, 8)
-        dst_x, dst_y, dst_addr = _field(w, 1, 0, 8), _field(w, 1, 8, 8), _field(w, 1, 32, 32)
 
         is_q8 = mode == mode_code("Q8_0")
         outputs = Signal(24)            # N = tiles · G
         prod = Signal(40)               # N · blocks
         stride_rows = Signal(40)        # (rows − 1) · y_stride
+        engine_tiles = Signal(24)       # tiles · groups
+        y_span = Signal(32)             # N · groups
+        x_span = Signal(32)             # K · groups
+        xs_span = Signal(32)            # blocks · xs_words · groups
         bytes_x8 = Signal(48)
         w_words = Signal(48)
         ends = [Signal(48, name=f"end{i}") for i in range(4)]   # the regions' ends
@@ -295,6 +308,8 @@ class Tile(wiring.Component):
         sent = Signal(4)                # which of the engine and the three readers took it
         result_owed = Signal(range(64))
         engine_error = Signal()
+        send_start = Signal()           # execute hands the SEND in `op` to the send unit
+        send_busy = Signal()
 
         known = Const(0, 1)
         for name in config.weight_formats:
@@ -302,13 +317,11 @@ class Tile(wiring.Component):
 
         def reject(bit, kind):
             # Answer the running micro-op with an ERROR packet and keep its bit.
-            m.d.sync += [errors[bit].eq(1), reply_kind.eq(Kind.ERROR),
-                         reply_word.eq((1 << bit) | (kind.value << 8))]
+            m.d.comb += ex_raise.eq(1 << bit)
+            m.d.sync += [reply_kind.eq(Kind.ERROR), reply_word.eq((1 << bit) | (kind.value << 8))]
             m.next = "REPLY"
 
         tx = self.o_header.payload
-        reply_to = [tx.dst_x.eq(op.src_x), tx.dst_y.eq(op.src_y), tx.last_x.eq(op.src_x),
-                    tx.last_y.eq(op.src_y), tx.length.eq(1)]
 
         with m.FSM(name="execute"):
             with m.State("IDLE"):
@@ -329,47 +342,28 @@ class Tile(wiring.Component):
                                          reply_word.eq(queue.o.payload.words[0])]
                             m.next = "REPLY"
             with m.State("REPLY"):
-                m.d.comb += [self.o_header.valid.eq(1), tx.kind.eq(reply_kind), *reply_to]
-                with m.If(self.o_header.ready):
+                # After the SEND before it has gone out (send_busy cannot rise here).
+                m.d.comb += [self.o_header.valid.eq(~send_busy), tx.kind.eq(reply_kind),
+                             tx.dst_x.eq(op.src_x), tx.dst_y.eq(op.src_y),
+                             tx.last_x.eq(op.src_x), tx.last_y.eq(op.src_y), tx.length.eq(1)]
+                # (o_header.valid is the send unit's while it sends: not this state's.)
+                with m.If(~send_busy & self.o_header.ready):
                     m.next = "REPLY_WORD"
             with m.State("REPLY_WORD"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(reply_word)]
                 with m.If(self.o.ready):
                     m.next = "IDLE"
 
-            # SEND: the region as a WRITE packet, dst_addr first.
+            # SEND: checked here, shipped by the send unit once the one before it is out.
             with m.State("SEND_CHECK"):
-                # The answer is a WRITE packet: an address word and at most 254 data words.
-                with m.If((send_count == 0) | (send_count == 255)
-                          | (send_addr + send_count > size)):
-                    reject(Error.RANGE, Kind.SEND)
-                with m.Else():
-                    m.next = "SEND_HEADER"
-            with m.State("SEND_HEADER"):
-                m.d.comb += [
-                    self.o_header.valid.eq(1),
-                    tx.dst_x.eq(dst_x), tx.dst_y.eq(dst_y), tx.last_x.eq(dst_x),
-                    tx.last_y.eq(dst_y), tx.kind.eq(Kind.WRITE), tx.length.eq(send_count + 1),
-                    sender.i_cmd.valid.eq(self.o_header.ready),
-                    sender.i_cmd.payload.addr.eq(send_addr),
-                    sender.i_cmd.payload.count.eq(send_count),
-                    sender.i_cmd.payload.repeat.eq(1),
-                ]
-                # The reader is idle here, so it takes the command in the header's cycle.
-                with m.If(self.o_header.ready):
-                    m.next = "SEND_ADDR"
-            with m.State("SEND_ADDR"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(dst_addr)]
-                with m.If(self.o.ready):
-                    m.next = "SEND_DATA"
-            with m.State("SEND_DATA"):
-                m.d.comb += [
-                    self.o.valid.eq(sender.o.valid),
-                    self.o.payload.eq(sender.o.payload.data),
-                    sender.o.ready.eq(self.o.ready),
-                ]
-                with m.If(sender.o.valid & self.o.ready & sender.o.payload.last):
-                    m.next = "CHECK_ERRORS"
+                with m.If(~send_busy):
+                    # The answer is a WRITE packet: an address word and at most 254 data words.
+                    with m.If((send_count == 0) | (send_count == 255)
+                              | (send_addr + send_count > size)):
+                        reject(Error.RANGE, Kind.SEND)
+                    with m.Else():
+                        m.d.comb += send_start.eq(1)
+                        m.next = "IDLE"
 
             # MATMUL: sizes, checks, then the engine and its streams.
             with m.State("MATMUL_SIZE"):
@@ -377,15 +371,18 @@ class Tile(wiring.Component):
                 m.d.sync += [
                     outputs.eq((tiles * cols) << g_shift),
                     stride_rows.eq((m_rows - 1) * y_stride),
+                    engine_tiles.eq(tiles * groups),
+                    x_span.eq((blocks << 5) * groups),
+                    xs_span.eq((blocks * xs_words) * groups),
                     shape_ok.eq(known & (blocks != 0) & (tiles != 0) & (m_rows != 0)
-                                & (m_rows <= rows)
+                                & (m_rows <= rows) & (groups != 0)
                                 & ~((mode == mode_code("TQ2_0")) & (blocks[:3] != 0))),
                 ]
                 m.next = "MATMUL_BYTES"
             # One multiplication or addition per state: this runs once per MATMUL and must not
             # set the tile's clock.
             with m.State("MATMUL_BYTES"):
-                m.d.sync += [prod.eq(outputs * blocks)]
+                m.d.sync += [prod.eq(outputs * blocks), y_span.eq(outputs * groups)]
                 m.d.sync += [row_base[r].eq(y_addr + y_stride * r) for r in range(rows)]
                 m.next = "MATMUL_BYTES_X8"
             with m.State("MATMUL_BYTES_X8"):
@@ -402,14 +399,20 @@ class Tile(wiring.Component):
                     w_words.eq(words_),
                     last_count.eq((nbytes - 1)[:shift] + 1),
                     ends[0].eq(w_addr + words_),
-                    ends[1].eq(x_addr + (blocks << 5)),
-                    ends[2].eq(xs_addr + blocks * xs_words),
-                    ends[3].eq(y_addr + stride_rows + outputs),
+                    ends[1].eq(x_addr + x_span),
+                    ends[2].eq(xs_addr + xs_span),
+                    ends[3].eq(y_addr + stride_rows + y_span),
                 ]
                 m.next = "MATMUL_RANGE"
             with m.State("MATMUL_RANGE"):
-                m.d.sync += range_ok.eq((ends[0] <= size) & (ends[1] <= size)
-                                        & (ends[2] <= size) & (ends[3] <= size))
+                # The weights are read once per group, so with groups they must end on a word:
+                # the engine takes one weight job, whose only partial word is its last.
+                m.d.sync += [
+                    range_ok.eq((ends[0] <= size) & (ends[1] <= size)
+                                & (ends[2] <= size) & (ends[3] <= size)),
+                    shape_ok.eq(shape_ok & (engine_tiles[16:] == 0)
+                                & ((groups == 1) | (last_count == width // 8))),
+                ]
                 m.next = "MATMUL_CHECK"
             with m.State("MATMUL_CHECK"):
                 with m.If(~shape_ok):
@@ -420,13 +423,18 @@ class Tile(wiring.Component):
                     m.d.sync += sent.eq(0)
                     m.next = "MATMUL_START"
             with m.State("MATMUL_START"):
+                # Engine tile e = g · tiles + t: group g's activations against weight tile t,
+                # so output n of group g is column g·N + n.
                 starts = [
                     (engine.i_cmd, {"mode": mode, "interleaved": _field(w, 0, 3, 1),
-                                    "blocks": blocks, "tiles": tiles, "rows": m_rows}),
-                    (weights.i_cmd, {"addr": w_addr, "count": w_words, "repeat": 1}),
-                    (acts.i_cmd, {"addr": x_addr, "count": blocks << 5, "repeat": tiles}),
+                                    "blocks": blocks, "tiles": engine_tiles[:16],
+                                    "rows": m_rows}),
+                    (weights.i_cmd, {"addr": w_addr, "count": w_words, "repeat": groups,
+                                     "segments": 1}),
+                    (acts.i_cmd, {"addr": x_addr, "count": blocks << 5, "repeat": tiles,
+                                  "segments": groups}),
                     (scales.i_cmd, {"addr": xs_addr, "count": blocks * xs_words,
-                                    "repeat": tiles}),
+                                    "repeat": tiles, "segments": groups}),
                 ]
                 for i, (port, fields) in enumerate(starts):
                     m.d.comb += port.valid.eq(~sent[i])
@@ -442,16 +450,16 @@ class Tile(wiring.Component):
             with m.State("MATMUL_WAIT"):
                 with m.If(~engine.busy & ~weights.busy & ~acts.busy & ~scales.busy
                           & (result_owed == 0)):
-                    m.next = "CHECK_ERRORS"
-
-            # After a micro-op that read SRAM or ran the engine: report what went wrong.
-            with m.State("CHECK_ERRORS"):
-                memory = weights.error | acts.error | scales.error | sender.error
+                    m.next = "MATMUL_ERRORS"
+            # Report what went wrong reading SRAM or in the engine.
+            with m.State("MATMUL_ERRORS"):
+                memory = weights.error | acts.error | scales.error
                 bits = (Mux(memory, 1 << Error.MEMORY, 0)
                         | Mux(engine_error, 1 << Error.ENGINE, 0))
                 with m.If(memory | engine_error):
-                    m.d.sync += [errors.eq(errors | bits), reply_kind.eq(Kind.ERROR),
-                                 reply_word.eq(bits | (op.kind.as_value() << 8))]
+                    m.d.comb += ex_raise.eq(bits)
+                    m.d.sync += [reply_kind.eq(Kind.ERROR),
+                                 reply_word.eq(bits | (Kind.MATMUL.value << 8))]
                     m.next = "REPLY"
                 with m.Else():
                     m.next = "IDLE"
@@ -459,9 +467,67 @@ class Tile(wiring.Component):
         clear_flags = Signal()
         m.d.comb += clear_flags.eq(queue.o.valid & queue.o.ready)
         m.d.comb += [weights.clear.eq(clear_flags), acts.clear.eq(clear_flags),
-                     scales.clear.eq(clear_flags), sender.clear.eq(clear_flags),
+                     scales.clear.eq(clear_flags), sender.clear.eq(send_start),
                      engine.clear.eq(clear_flags)]
         m.d.comb += engine_error.eq(engine.errors.as_value().any())
+
+        # ---- Send unit: a SEND's region as a WRITE packet, dst_addr first ----------------
+        snd = Signal(op_layout)         # the SEND being shipped
+        sw = snd.words
+        dst_x, dst_y, dst_addr = _field(sw, 1, 0, 8), _field(sw, 1, 8, 8), _field(sw, 1, 32, 32)
+        snd_count = _field(sw, 0, 32, 8)
+        with m.FSM(name="send"):
+            with m.State("IDLE"):
+                with m.If(send_start):
+                    m.d.sync += snd.eq(op)
+                    m.next = "HEADER"
+            with m.State("HEADER"):
+                m.d.comb += [
+                    send_busy.eq(1),
+                    self.o_header.valid.eq(1),
+                    tx.dst_x.eq(dst_x), tx.dst_y.eq(dst_y), tx.last_x.eq(dst_x),
+                    tx.last_y.eq(dst_y), tx.kind.eq(Kind.WRITE), tx.length.eq(snd_count + 1),
+                    sender.i_cmd.valid.eq(self.o_header.ready),
+                    sender.i_cmd.payload.addr.eq(_field(sw, 0, 0, 32)),
+                    sender.i_cmd.payload.count.eq(snd_count),
+                    sender.i_cmd.payload.repeat.eq(1),
+                    sender.i_cmd.payload.segments.eq(1),
+                ]
+                # The reader is idle here, so it takes the command in the header's cycle.
+                with m.If(self.o_header.ready):
+                    m.next = "ADDR"
+            with m.State("ADDR"):
+                m.d.comb += [send_busy.eq(1), self.o.valid.eq(1), self.o.payload.eq(dst_addr)]
+                with m.If(self.o.ready):
+                    m.next = "DATA"
+            with m.State("DATA"):
+                m.d.comb += [
+                    send_busy.eq(1),
+                    self.o.valid.eq(sender.o.valid),
+                    self.o.payload.eq(sender.o.payload.data),
+                    sender.o.ready.eq(self.o.ready),
+                ]
+                with m.If(sender.o.valid & self.o.ready & sender.o.payload.last):
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                # An uncorrectable word was sent as it was read: the ERROR follows the packet.
+                m.d.comb += send_busy.eq(1)
+                with m.If(sender.error):
+                    m.d.comb += tx_raise.eq(1 << Error.MEMORY)
+                    m.next = "ERROR"
+                with m.Else():
+                    m.next = "IDLE"
+            with m.State("ERROR"):
+                m.d.comb += [send_busy.eq(1), self.o_header.valid.eq(1), tx.kind.eq(Kind.ERROR),
+                             tx.dst_x.eq(snd.src_x), tx.dst_y.eq(snd.src_y),
+                             tx.last_x.eq(snd.src_x), tx.last_y.eq(snd.src_y), tx.length.eq(1)]
+                with m.If(self.o_header.ready):
+                    m.next = "ERROR_WORD"
+            with m.State("ERROR_WORD"):
+                m.d.comb += [send_busy.eq(1), self.o.valid.eq(1),
+                             self.o.payload.eq((1 << Error.MEMORY) | (Kind.SEND.value << 8))]
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
 
         # ---- The engine's streams --------------------------------------------------------
         m.d.comb += [
@@ -509,13 +575,14 @@ class Tile(wiring.Component):
         wiring.connect(m, results.o, sram.i_result)
         m.d.sync += result_owed.eq(result_owed + (results.i.valid & results.i.ready)
                                    - sram.o_result.valid)
-        with m.If(sram.o_result.valid & (sram.o_result.payload.error != SRAMError.NONE)):
-            m.d.sync += errors[Error.MEMORY].eq(1)
+        result_error = sram.o_result.valid & (sram.o_result.payload.error != SRAMError.NONE)
+        m.d.comb += mem_raise[Error.MEMORY].eq(fill_error | result_error)
 
+        m.d.sync += errors.eq(errors | rx_raise | ex_raise | tx_raise | mem_raise)
         with m.If(self.clear):
             m.d.sync += errors.eq(0)
         m.d.comb += [
             self.errors.eq(errors),
-            self.busy.eq(queue.o.valid | ~queue.o.ready | queue.i.valid),
+            self.busy.eq(queue.o.valid | ~queue.o.ready | queue.i.valid | send_busy),
         ]
         return m
