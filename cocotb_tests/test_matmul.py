@@ -768,8 +768,9 @@ def throughput_entry(stim, *, rows, cols, byte_width, term_lanes, cycles, w_cycl
 
 def format_table(report):
     """The throughput report as a text table."""
+    of_bytes = f"of {report['byte_width']} B"
     head = (f"{'format':<6} {'M':>2} {'N':>3} {'K':>4} {'cycles':>6} {'k-steps':>7} "
-            f"{'MAC util':>8} {'W B/cyc':>7} {'of 8 B':>6} {'bound':>6} {'(by)':<8} "
+            f"{'MAC util':>8} {'W B/cyc':>7} {of_bytes:>6} {'bound':>6} {'(by)':<8} "
             f"{'of bound':>8} {'W stream B/cyc':>14}")
     lines = [head, "-" * len(head)]
     for e in report["jobs"]:
@@ -1042,12 +1043,16 @@ def run_bench(report_path):
 @pytest.mark.slow  # ~20 s of simulation; deselect with -m 'not slow'
 def test_engine_throughput(tmp_path):
     # The whole benchmark (about 55k cycles, under 20 s of simulation): every output bit-exact
-    # while measured, and loose bounds: the decode jobs of the formats the unpacker limits at
-    # 80 % of its byte bound or more, every job at 70 % of its tightest bound or more.
+    # while measured, and bounds below what is measured (docs/matmul.md): in the formats with
+    # 32-element blocks, decode at 85 % of its tightest bound or more, and M = rows at 85 %
+    # MAC utilisation or more (issue 8's prefill target, here for the engine alone, the end of
+    # its pipeline included); every job at 70 % of its tightest bound or more.
     report = run_bench(tmp_path / "matmul_bench.json")
     jobs = {(e["fmt"], e["m"]): e for e in report["jobs"]}
     assert len(jobs) == 2 * len(WEIGHT_FORMATS)
+    rows = report["rows"]
     for fmt in ("Q8_0", "Q4_0", "Q4_1", "MXFP4"):
-        assert jobs[(fmt, 1)]["of_unpacker_bound"] >= 0.8, jobs[(fmt, 1)]
+        assert jobs[(fmt, 1)]["of_bound"] >= 0.85, jobs[(fmt, 1)]
+        assert jobs[(fmt, rows)]["mac_utilisation"] >= 0.85, jobs[(fmt, rows)]
     for entry in report["jobs"]:
         assert entry["of_bound"] >= 0.7, entry

@@ -983,6 +983,9 @@ def test_encodings_agree():
     from rtl.tiles import tile as rtl_tile
     assert {k.name: k.value for k in rtl_tile.Kind} == {k.name: k.value for k in Kind}
     assert {e.name: e.value for e in rtl_tile.Error} == {e.name: e.value for e in Error}
+    from rtl.tiles.matmul import WEIGHT_WORDS
+    from sim.tile import WEIGHT_WORDS as model_weight_words
+    assert WEIGHT_WORDS == model_weight_words
 
 
 def test_programs_model_only():

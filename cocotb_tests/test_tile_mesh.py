@@ -41,7 +41,7 @@ def program_entries(program, offsets, mesh_x):
                         "kind": int(item.kind), "length": len(item.words)}, h)
         entries.append((HEADER << 64) | header)
         entries += [(WORD << 64) | int(w) for w in item.words]
-    for t, _, _, _ in program.sends:
+    for t, *_ in program.sends:
         totals[t] = totals.get(t, 0) + 1
     for t, count in totals.items():
         entries.append((WAIT << 64) | ((t[1] - 1) * mesh_x + t[0] - 1) | (count << 8))

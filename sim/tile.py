@@ -67,6 +67,9 @@ class Error(IntEnum):
     POISON = 6      # a packet a router repaired (the NoC's poison mark)
 
 
+#: SRAM words per beat of the engine's weight stream (two read ports).
+WEIGHT_WORDS = 2
+
 #: Operand fields: name → (word, offset, width).
 FIELDS = {
     Kind.MATMUL: {"mode": (0, 0, 3), "interleaved": (0, 3, 1), "blocks": (0, 8, 16),
@@ -257,10 +260,11 @@ class TileModel:
                 and 1 <= f["groups"] and f["tiles"] * f["groups"] < 1 << 16
                 and not (fmt == "TQ2_0" and f["blocks"] % 8)):
             return False
-        # The weights are read once per group: with groups, they must end on a word.
+        # The weights are read once per group: with groups, they must end on a whole beat of
+        # the engine's weight stream (WEIGHT_WORDS SRAM words).
         n = f["tiles"] * g.outputs_per_tile(fmt)
         return f["groups"] == 1 or n * f["blocks"] * _bytes_per_block32(fmt) % (
-            g.word_bits // 8) == 0
+            WEIGHT_WORDS * g.word_bits // 8) == 0
 
     def matmul_regions(self, f):
         """(start, end) of the weight, activation, scale and result regions (words)."""

@@ -33,6 +33,10 @@ from synth.flow import platform_for
     (dict(rows=4, cols=4, formats=("Q8_0", "Q5_K")), ValueError,
      r"^MAC array format 'Q5_K' is not a known format; allowed: Q8_0, Q4_0, Q4_1, MXFP4, "
      r"TQ2_0$"),
+    (dict(rows=4, cols=4, buffer_blocks=1), ValueError,
+     r"^MAC array buffer blocks must be an integer from 2 to 16, not 1$"),
+    (dict(rows=4, cols=4, buffer_blocks=3.0), ValueError,
+     r"^MAC array buffer blocks must be an integer from 2 to 16, not 3\.0$"),
 ])
 def test_bad_parameters(kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -256,14 +256,17 @@ def test_model_groups_shape():
                         edge)[0][2] == shape_error
     assert tile.receive(*T.matmul_packet(mode=1, blocks=1, tiles=0x8000, rows=1, groups=2),
                         edge)[0][2] == shape_error
-    # 3 columns: a Q4_0 tile is 6 rows, 6 · 18 bytes per block, not whole 8-byte words. The
-    # engine reads the weights once per group as one job, so more groups need whole words.
+    # 3 columns: a Q4_0 tile is 6 rows, 6 · 18 bytes per block, not whole 16-byte beats (two
+    # 8-byte words). The engine reads the weights once per group as one job, so more groups
+    # need whole beats.
     tile = T.TileModel(T.TileGeometry(cols=3))
     fields = dict(mode=1, blocks=1, tiles=1, rows=1, x_addr=100, xs_addr=200, y_addr=300)
     assert tile.receive(*T.matmul_packet(**fields, groups=2), edge)[0][2] == shape_error
     assert tile.receive(*T.matmul_packet(**fields, groups=1), edge) == []
     assert tile.receive(*T.matmul_packet(**{**fields, "blocks": 4}, groups=2),
                         edge) == []                                       # 432 bytes
+    assert tile.receive(*T.matmul_packet(**{**fields, "blocks": 2}, groups=2),
+                        edge)[0][2] == shape_error                        # 27 words
 
 
 def test_model_refuses_a_matmul_over_a_send_in_flight():

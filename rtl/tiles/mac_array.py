@@ -89,6 +89,12 @@ class MACArray(wiring.Component):
     formats : tuple of str
         Weight formats the array accepts: a non-empty subset of WEIGHT_FORMATS. Without a 4-bit
         or ternary format the PEs have one accumulator and no packing logic.
+    buffer_blocks : int
+        Blocks of sums the output buffer holds, 2 to 16 (default 2). A block holds its
+        ``rows`` words from its first step until they are delivered: two blocks keep the array
+        at full rate when the consumer takes a word a cycle; a consumer as slow as the array
+        (all ``rows`` words of a block in 32 cycles, the matmul engine at M = ``rows``) needs
+        four.
 
     Members
     -------
@@ -110,7 +116,7 @@ class MACArray(wiring.Component):
         A command is being taken or its sums are not all delivered.
     """
 
-    def __init__(self, *, rows, cols, formats=WEIGHT_FORMATS):
+    def __init__(self, *, rows, cols, formats=WEIGHT_FORMATS, buffer_blocks=FIFO_BLOCKS):
         for name, value, high in (("rows", rows, MAX_ARRAY_ROWS), ("columns", cols, 64)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
                 raise ValueError(f"MAC array {name} must be an integer from 1 to {high}, "
@@ -122,8 +128,13 @@ class MACArray(wiring.Component):
             if name not in WEIGHT_FORMATS:
                 raise ValueError(f"MAC array format {name!r} is not a known format; allowed: "
                                  f"{', '.join(WEIGHT_FORMATS)}")
+        if (not isinstance(buffer_blocks, int) or isinstance(buffer_blocks, bool)
+                or not 2 <= buffer_blocks <= 16):
+            raise ValueError(f"MAC array buffer blocks must be an integer from 2 to 16, not "
+                             f"{buffer_blocks!r}")
         self._rows = rows
         self._cols = cols
+        self._buffer_blocks = buffer_blocks
         self._formats = tuple(formats)
         self._packed = any(name in PACKED_FORMATS for name in formats)
         self._lanes = 2 if self._packed else 1
@@ -153,15 +164,16 @@ class MACArray(wiring.Component):
     rows = property(lambda self: self._rows)
     cols = property(lambda self: self._cols)
     formats = property(lambda self: self._formats)
+    buffer_blocks = property(lambda self: self._buffer_blocks)
     packed = property(lambda self: self._packed)
     lanes = property(lambda self: self._lanes)
     output_layout = property(lambda self: self._output_layout)
 
     @property
     def fifo_depth(self):
-        """Output words buffered (and the credit count the inputs wait for): two blocks, which
-        is what a block every 32 cycles needs when the consumer keeps up."""
-        return FIFO_BLOCKS * self._rows
+        """Output words buffered (and the credit count the inputs wait for): ``buffer_blocks``
+        blocks of ``rows`` words."""
+        return self._buffer_blocks * self._rows
 
     @property
     def gather_levels(self):
@@ -284,7 +296,7 @@ class MACArray(wiring.Component):
 
         # Each block's tag waits here for its sums; credits bound the blocks in flight.
         tag_layout = data.StructLayout({"tile": 16, "block": 16, "last": 1, "wide": 1})
-        m.submodules.tags = tags = StreamFIFO(tag_layout, FIFO_BLOCKS)
+        m.submodules.tags = tags = StreamFIFO(tag_layout, self._buffer_blocks)
         # Registered, like the tag below: credits and `room` may lag a cycle or two, which is
         # safe while blocks start at least 32 cycles apart.
         reserve = Signal()

@@ -16,7 +16,13 @@ from .mac_array import BLOCK, MACArray
 from .unpack import BLOCK_GEOMETRY, WeightUnpacker
 
 
-__all__ = ["MatmulEngine", "XS_LAYOUT", "ERROR_LAYOUT"]
+__all__ = ["MatmulEngine", "XS_LAYOUT", "ERROR_LAYOUT", "WEIGHT_WORDS"]
+
+#: SRAM words per weight beat in a tile (:meth:`MatmulEngine.from_config`): the tile reads its
+#: weights through two SRAM ports, because a k-step of a packed format at 8 × 8 takes 16 rows'
+#: codes, 9 to 10.3 bytes a cycle (Q4_0 18, Q4_1 20, TQ2_0 66 bytes per block), more than one
+#: 8-byte word.
+WEIGHT_WORDS = 2
 
 
 #: Sticky error flags: a rejected command (unknown or unbuilt mode, zero blocks or tiles, rows
@@ -92,7 +98,10 @@ class MatmulEngine(wiring.Component):
     def __init__(self, *, rows, cols, formats=WEIGHT_FORMATS, byte_width=8, lanes=16,
                  term_lanes=None):
         # The blocks inside check and report their own parameters.
-        self._array = MACArray(rows=rows, cols=cols, formats=formats)
+        # Four blocks of sums: with all rows in use the term lanes take a block's words in as
+        # long as the array computes one, and a block holds its credits from its first k-step
+        # until its last word has gone (about 80 cycles at 8 × 8): two blocks gave 77 %.
+        self._array = MACArray(rows=rows, cols=cols, formats=formats, buffer_blocks=4)
         self._unpack = WeightUnpacker(formats=formats, byte_width=byte_width, lanes=lanes)
         self._rows = rows
         self._cols = cols
@@ -125,7 +134,8 @@ class MatmulEngine(wiring.Component):
     @classmethod
     def from_config(cls, config):
         return cls(rows=config.array_rows, cols=config.array_cols,
-                   formats=config.weight_formats, byte_width=config.sram_width // 8)
+                   formats=config.weight_formats,
+                   byte_width=WEIGHT_WORDS * config.sram_width // 8)
 
     rows = property(lambda self: self._rows)
     cols = property(lambda self: self._cols)

@@ -15,8 +15,8 @@ __all__ = ["RegionReader"]
 class RegionReader(wiring.Component):
     """Reads ``segments`` consecutive ranges of ``count`` words from ``addr`` on, each
     ``repeat`` times over before the next, through an SRAM read port, and streams them out in
-    order with ``last`` on the very last word: for s < segments, for r < repeat, words
-    ``addr + s·count`` to ``addr + (s + 1)·count − 1``.
+    order with ``last`` on the very last word: for s < segments, for r < repeat, for
+    i < count, the word at ``addr + (s·count + i)·step``.
 
     Requests go out as fast as the port takes them; the port itself stops accepting while
     seven responses are owed, so a stalled consumer holds the reader back without losing a
@@ -28,6 +28,9 @@ class RegionReader(wiring.Component):
         Bits per word.
     address_width : int
         Bits of an SRAM address.
+    step : int
+        Address step between the words of a range, a power of two (2: every other word, the
+        half of a region that one of two readers on two ports takes).
 
     Members
     -------
@@ -46,9 +49,13 @@ class RegionReader(wiring.Component):
         A command is being read or its words are still to leave.
     """
 
-    def __init__(self, width, address_width=32):
+    def __init__(self, width, address_width=32, *, step=1):
+        if (not isinstance(step, int) or isinstance(step, bool) or step < 1
+                or step & (step - 1)):
+            raise ValueError(f"Region reader step must be a power of two, not {step!r}")
         self._width = width
         self._address_width = address_width
+        self._step = step
         super().__init__({
             "i_cmd": In(stream.Signature(data.StructLayout({
                 "addr": address_width, "count": 32, "repeat": 16, "segments": 16}))),
@@ -61,12 +68,15 @@ class RegionReader(wiring.Component):
             "busy": Out(1),
         })
 
+    step = property(lambda self: self._step)
+
     def elaborate(self, platform):
         m = Module()
         base = Signal(self._address_width)     # of the segment being requested
         count = Signal(32)
         repeat = Signal(16)
         segments = Signal(16)
+        shift = (self._step - 1).bit_length()
         index = Signal(32)          # of the next request within the segment
         round_ = Signal(16)         # segment pass of the next request
         segment = Signal(16)        # of the next request
@@ -93,7 +103,7 @@ class RegionReader(wiring.Component):
 
         m.d.comb += [
             self.o_req.valid.eq(requesting),
-            self.o_req.payload.addr.eq(base + index),
+            self.o_req.payload.addr.eq(base + (index << shift)),
         ]
         sent = self.o_req.valid & self.o_req.ready
         with m.If(sent):
@@ -101,7 +111,7 @@ class RegionReader(wiring.Component):
             with m.If(index == count - 1):
                 m.d.sync += [index.eq(0), round_.eq(round_ + 1)]
                 with m.If(round_ == repeat - 1):
-                    m.d.sync += [round_.eq(0), segment.eq(segment + 1), base.eq(base + count)]
+                    m.d.sync += [round_.eq(0), segment.eq(segment + 1), base.eq(base + (count << shift))]
                     with m.If(segment == segments - 1):
                         m.d.sync += requesting.eq(0)
 

@@ -1,7 +1,7 @@
 """Compute tile: SRAM, matmul engine and a sequencer that executes the micro-ops arriving as
 NoC packets (docs/tile.md; golden model sim/tile.py)."""
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Assert, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -9,7 +9,7 @@ from ..config import PACKED_FORMATS, mode_code
 from ..fifo import StreamFIFO
 from ..noc.flit import FlitFormat
 from ..noc.interface import NetworkInterface
-from .matmul import MatmulEngine
+from .matmul import WEIGHT_WORDS, MatmulEngine
 from .reader import RegionReader
 from .sram import SRAM, SRAMError
 from .unpack import BLOCK_GEOMETRY
@@ -38,10 +38,11 @@ class Error(enum.IntEnum):
     POISON = 6
 
 
-#: The tile's SRAM ports: packets' data in, the engine's three operand streams, its results,
-#: and the words a SEND ships.
-TILE_SRAM_PORTS = {"fill": "w", "weight": "r", "act": "r", "scale": "r", "result": "w",
-                   "send": "r"}
+#: The tile's SRAM ports: packets' data in, the engine's operand streams (the weights through
+#: two ports, even and odd words, WEIGHT_WORDS per beat), its results, and the words a SEND
+#: ships.
+TILE_SRAM_PORTS = {"fill": "w", "weight": "r", "weight_odd": "r", "act": "r", "scale": "r",
+                   "result": "w", "send": "r"}
 
 #: Queued micro-ops (MATMUL, SEND, DONE, and errors to report) the tile holds while one runs.
 QUEUE_DEPTH = 8
@@ -129,12 +130,14 @@ class Tile(wiring.Component):
 
         m.submodules.sram = sram = SRAM.from_config(config, ports=TILE_SRAM_PORTS)
         m.submodules.engine = engine = MatmulEngine.from_config(config)
-        m.submodules.weights = weights = RegionReader(width, sram.address_width)
+        assert WEIGHT_WORDS == 2
+        m.submodules.weights = weights = RegionReader(width, sram.address_width, step=2)
+        m.submodules.weights_odd = weights_odd = RegionReader(width, sram.address_width, step=2)
         m.submodules.acts = acts = RegionReader(width, sram.address_width)
         m.submodules.scales = scales = RegionReader(width, sram.address_width)
         m.submodules.sender = sender = RegionReader(width, sram.address_width)
-        for reader, port in ((weights, "weight"), (acts, "act"), (scales, "scale"),
-                             (sender, "send")):
+        for reader, port in ((weights, "weight"), (weights_odd, "weight_odd"), (acts, "act"),
+                             (scales, "scale"), (sender, "send")):
             wiring.connect(m, reader.o_req, getattr(sram, f"i_{port}"))
             wiring.connect(m, getattr(sram, f"o_{port}"), reader.i_resp)
 
@@ -305,7 +308,7 @@ class Tile(wiring.Component):
         range_ok = Signal()
         reply_kind = Signal(Kind)
         reply_word = Signal(width)
-        sent = Signal(4)                # which of the engine and the three readers took it
+        sent = Signal(5)                # which of the engine and the four readers took it
         result_owed = Signal(range(64))
         engine_error = Signal()
         send_start = Signal()           # execute hands the SEND in `op` to the send unit
@@ -323,7 +326,7 @@ class Tile(wiring.Component):
 
         tx = self.o_header.payload
 
-        with m.FSM(name="execute"):
+        with m.FSM(name="execute") as execute:
             with m.State("IDLE"):
                 m.d.comb += queue.o.ready.eq(1)
                 with m.If(queue.o.valid):
@@ -405,13 +408,15 @@ class Tile(wiring.Component):
                 ]
                 m.next = "MATMUL_RANGE"
             with m.State("MATMUL_RANGE"):
-                # The weights are read once per group, so with groups they must end on a word:
-                # the engine takes one weight job, whose only partial word is its last.
+                # The weights are read once per group, so with groups they must end on a whole
+                # beat (two words): the engine takes one weight job, whose only partial beat is
+                # its last.
                 m.d.sync += [
                     range_ok.eq((ends[0] <= size) & (ends[1] <= size)
                                 & (ends[2] <= size) & (ends[3] <= size)),
                     shape_ok.eq(shape_ok & (engine_tiles[16:] == 0)
-                                & ((groups == 1) | (last_count == width // 8))),
+                                & ((groups == 1)
+                                   | ((last_count == width // 8) & ~w_words[0]))),
                 ]
                 m.next = "MATMUL_CHECK"
             with m.State("MATMUL_CHECK"):
@@ -429,8 +434,11 @@ class Tile(wiring.Component):
                     (engine.i_cmd, {"mode": mode, "interleaved": _field(w, 0, 3, 1),
                                     "blocks": blocks, "tiles": engine_tiles[:16],
                                     "rows": m_rows}),
-                    (weights.i_cmd, {"addr": w_addr, "count": w_words, "repeat": groups,
-                                     "segments": 1}),
+                    # The even words through one port, the odd ones through the other.
+                    (weights.i_cmd, {"addr": w_addr, "count": (w_words + 1) >> 1,
+                                     "repeat": groups, "segments": 1}),
+                    (weights_odd.i_cmd, {"addr": w_addr + 1, "count": w_words >> 1,
+                                         "repeat": groups, "segments": 1}),
                     (acts.i_cmd, {"addr": x_addr, "count": blocks << 5, "repeat": tiles,
                                   "segments": groups}),
                     (scales.i_cmd, {"addr": xs_addr, "count": blocks * xs_words,
@@ -448,12 +456,13 @@ class Tile(wiring.Component):
                 with m.If(done):
                     m.next = "MATMUL_WAIT"
             with m.State("MATMUL_WAIT"):
-                with m.If(~engine.busy & ~weights.busy & ~acts.busy & ~scales.busy
+                with m.If(~engine.busy & ~weights.busy & ~weights_odd.busy & ~acts.busy
+                          & ~scales.busy
                           & (result_owed == 0)):
                     m.next = "MATMUL_ERRORS"
             # Report what went wrong reading SRAM or in the engine.
             with m.State("MATMUL_ERRORS"):
-                memory = weights.error | acts.error | scales.error
+                memory = weights.error | weights_odd.error | acts.error | scales.error
                 bits = (Mux(memory, 1 << Error.MEMORY, 0)
                         | Mux(engine_error, 1 << Error.ENGINE, 0))
                 with m.If(memory | engine_error):
@@ -466,7 +475,8 @@ class Tile(wiring.Component):
         # Reader and engine flags are per micro-op: reported once, cleared with the next.
         clear_flags = Signal()
         m.d.comb += clear_flags.eq(queue.o.valid & queue.o.ready)
-        m.d.comb += [weights.clear.eq(clear_flags), acts.clear.eq(clear_flags),
+        m.d.comb += [weights.clear.eq(clear_flags), weights_odd.clear.eq(clear_flags),
+                     acts.clear.eq(clear_flags),
                      scales.clear.eq(clear_flags), sender.clear.eq(send_start),
                      engine.clear.eq(clear_flags)]
         m.d.comb += engine_error.eq(engine.errors.as_value().any())
@@ -529,13 +539,24 @@ class Tile(wiring.Component):
                 with m.If(self.o.ready):
                     m.next = "IDLE"
 
+        # The send unit and the replies share the outputs: never both at once.
+        m.d.sync += Assert(~(send_busy & execute.ongoing("REPLY_WORD")),
+                           "Tile: a reply and the send unit drive the outputs together")
+
         # ---- The engine's streams --------------------------------------------------------
+        # A weight beat is an even word and the odd word after it; when the region has an
+        # odd number of words, its last beat is the last even word alone.
+        single = weights.o.payload.last & w_words[0]
         m.d.comb += [
-            engine.i_w.valid.eq(weights.o.valid),
-            engine.i_w.payload.data.eq(weights.o.payload.data),
-            engine.i_w.payload.count.eq(Mux(weights.o.payload.last, last_count, width // 8)),
+            engine.i_w.valid.eq(weights.o.valid & (weights_odd.o.valid | single)),
+            engine.i_w.payload.data.eq(Cat(weights.o.payload.data,
+                                           Mux(single, 0, weights_odd.o.payload.data))),
+            engine.i_w.payload.count.eq(Mux(weights.o.payload.last,
+                                            Mux(w_words[0], 0, width // 8) + last_count,
+                                            2 * width // 8)),
             engine.i_w.payload.last.eq(weights.o.payload.last),
-            weights.o.ready.eq(engine.i_w.ready),
+            weights.o.ready.eq(engine.i_w.valid & engine.i_w.ready),
+            weights_odd.o.ready.eq(engine.i_w.valid & engine.i_w.ready & ~single),
             engine.i_x.valid.eq(acts.o.valid),
             engine.i_x.payload.eq(acts.o.payload.data[:rows * 8]),
             acts.o.ready.eq(engine.i_x.ready),
