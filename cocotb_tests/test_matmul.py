@@ -70,7 +70,8 @@ def spec_layouts(rows, byte_width):
         "w": unpacker_input_layout(byte_width),
         "x": data.ArrayLayout(signed(8), rows),
         "xs": data.ArrayLayout(data.StructLayout({"d": 16, "sum": signed(16)}), rows),
-        "output": data.StructLayout({"row": range(rows), "col": 16, "value": 32}),
+        "output": data.StructLayout({"row": range(rows), "col": 16, "value": 32,
+                                     "command": 1}),
         "errors": data.StructLayout({"command": 1, "weights": 1, "dequant": 1}),
     }
 

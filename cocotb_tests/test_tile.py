@@ -492,6 +492,7 @@ def bad_programs(geometry, model, nrng, prng, senders):
     prog.add(Kind.WRITE, [size])            # ... even at the end of the SRAM
     prog.send(size - MAX_SEND, MAX_SEND, largest=MAX_SEND)
     prog.send(size - 1, 1)
+    prog.done()             # the SENDs may still be reading what the MATMULs write
     for good in jobs:
         matmul(prog, good)
         send_results(prog, good)

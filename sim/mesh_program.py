@@ -12,12 +12,14 @@ the matmul makes one pass over the weights per set of resident groups.
 
 **Order and waits.** Each pass multicasts its groups' activations; then, for each chunk index
 j and each tile t in turn: WRITE chunk j of tile t's weights, then one MATMUL over all the
-resident groups (a group with fewer rows, the last of x, gets a MATMUL of its own) and SENDs of
-its results back to the edge. A chunk's weights thus enter the mesh once per pass, and the
+resident groups (a group with fewer rows, the last of x, gets a MATMUL of its own) and the SENDs
+of the tile's MATMUL before it, so that a MATMUL computes while the one before writes its
+results and they leave (the last MATMUL's SENDs end the pass). A chunk's weights thus enter the mesh once per pass, and the
 tile's engine streams the chunk once per group without a pause between groups (prefill's
 M = 32 is four groups at 8 rows; with K = 576 two fit the default tile's SRAM beside the
-buffers, so two passes). Consecutive MATMULs of a tile write its two result buffers in turn:
-a MATMUL must not write what the SEND before it may still be shipping (docs/tile.md). Before the weights of chunk j + 2
+buffers, so two passes). Consecutive MATMULs of a tile write its four result buffers in
+turn: a MATMUL must not write what the last two SENDs before it may still be shipping, nor
+what the MATMUL before it may still be writing (docs/tile.md). Before the weights of chunk j + 2
 go to a tile, the edge waits until that tile's last SEND of chunk j has arrived (the buffer it
 reuses is then free); before a pass's activations, until every tile has answered every SEND.
 A tile executes its micro-ops in order and answers in order, so counting each tile's answers
@@ -31,8 +33,8 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
 from .gguf_blocks import FORMATS, code_values, split_blocks
-from .tile import (Kind, TileGeometry, TileModel, activation_layout, matmul_packet,
-                   send_packet, weight_layout)
+from .tile import (SENDS_IN_FLIGHT, Kind, TileGeometry, TileModel, activation_layout,
+                   matmul_packet, send_packet, weight_layout)
 
 
 __all__ = ["EDGE", "Packet", "Wait", "MatmulProgram", "MeshModel", "MAX_WORDS"]
@@ -42,6 +44,11 @@ EDGE = (0, 1)
 
 #: Words of one packet (the NoC's 8-bit length field).
 MAX_WORDS = 255
+
+#: Result buffers a tile's MATMULs write in turn. A MATMUL's SENDs follow the next MATMUL, so
+#: when MATMUL n starts, the last SENDS_IN_FLIGHT SENDs (sim.tile) may be those of MATMULs
+#: n − 2 and n − 3 (one SEND each), and MATMUL n − 1 may still be writing.
+RESULT_BUFFERS = SENDS_IN_FLIGHT + 2
 
 
 @dataclass(frozen=True)
@@ -93,11 +100,11 @@ class MatmulProgram:
         self.chunks = self.rows_per_tile // self.per_chunk
         blocks = self.k // 32
         chunk_words = len(weight_layout(g, self.fmt, self.w_raw[:self.per_chunk]))
-        # SRAM map of every tile: the resident groups' activations, their scales, two result
+        # SRAM map of every tile: the resident groups' activations, their scales, the result
         # buffers (a chunk's results of every resident group) and two weight buffers. As
         # many groups stay resident as the SRAM holds.
         groups = -(-self.m // g.rows)
-        per_group = self.k + blocks * g.xs_words + 2 * g.rows * self.per_chunk
+        per_group = self.k + blocks * g.xs_words + RESULT_BUFFERS * g.rows * self.per_chunk
         buffers = 2 * chunk_words
         self.resident = min(groups, (g.words - buffers) // per_group)
         if self.resident < 1:
@@ -109,8 +116,8 @@ class MatmulProgram:
         self.xs_addr = tuple(xs0 + i * blocks * g.xs_words for i in range(self.resident))
         y0 = xs0 + self.resident * blocks * g.xs_words
         y_words = self.resident * g.rows * self.per_chunk
-        self.y_addr = (y0, y0 + y_words)
-        w0 = y0 + 2 * y_words
+        self.y_addr = tuple(y0 + i * y_words for i in range(RESULT_BUFFERS))
+        w0 = y0 + RESULT_BUFFERS * y_words
         self.w_addr = (w0, w0 + chunk_words)
         self.mode = mode_code(self.fmt)
         xb = split_blocks("Q8_0", quantize(self.x, GGMLQuantizationType.Q8_0))
@@ -135,6 +142,7 @@ class MatmulProgram:
         everyone = {"multicast": True, "last": (self.mesh_x, self.mesh_y)}
         answers = {t: 0 for t in tiles}
         matmuls = {t: 0 for t in tiles}
+        deferred = {t: [] for t in tiles}   # SENDs that follow the tile's next MATMUL
         # Each SEND in program order: (tile, first column, first row of each of its groups,
         # the rows [r0, r1) of the groups it carries).
         self.sends = []
@@ -162,33 +170,43 @@ class MatmulProgram:
                     items += self._writes(t, self.w_addr[j % 2],
                                           weight_layout(g, self.fmt, chunk))
                     for run in runs:
-                        items += self._matmul(t, j, start, [resident[i] for i in run],
-                                              run[0], matmuls[t] % 2, answers)
+                        matmul, sends = self._matmul(t, j, start, [resident[i] for i in run],
+                                                     run[0], matmuls[t] % RESULT_BUFFERS,
+                                                     answers)
                         matmuls[t] += 1
+                        # The SENDs of the MATMUL before: it finishes writing its results
+                        # while this one computes.
+                        items += [matmul] + deferred[t]
+                        deferred[t] = sends
                     done[t].append(answers[t])
+            for t in tiles:
+                items += deferred[t]
+                deferred[t] = []
         return items
 
     def _matmul(self, t, j, col0, groups, first, buffer, answers):
         """A MATMUL of chunk ``j`` on tile ``t`` over resident ``groups`` (stored from
         resident index ``first`` on) into result buffer ``buffer``, and its SENDs: whole rows,
-        as few packets as fit, of the groups' results side by side (y_stride = groups·G)."""
+        as few packets as fit, of the groups' results side by side (y_stride = groups·G).
+        Returns the MATMUL packet and the SEND packets, counted in ``answers`` already."""
         rows = groups[0][1]
         y_addr, stride = self.y_addr[buffer], len(groups) * self.per_chunk
         kind, words = matmul_packet(
             mode=self.mode, blocks=self.k // 32, tiles=1, rows=rows, groups=len(groups),
             w_addr=self.w_addr[j % 2], x_addr=self.x_addr[first], xs_addr=self.xs_addr[first],
             y_addr=y_addr, y_stride=stride)
-        items = [Packet(t, kind, tuple(words))]
+        matmul = Packet(t, kind, tuple(words))
+        sends = []
         packets = -(-rows * stride // (MAX_WORDS - 1))
         per = -(-rows // packets)
         for r0 in range(0, rows, per):
             r1 = min(rows, r0 + per)
             kind, words = send_packet(addr=y_addr + r0 * stride, count=(r1 - r0) * stride,
                                       dst_x=EDGE[0], dst_y=EDGE[1], dst_addr=len(self.sends))
-            items.append(Packet(t, kind, tuple(words)))
+            sends.append(Packet(t, kind, tuple(words)))
             self.sends.append((t, col0, tuple(g0 for g0, _ in groups), r0, r1))
             answers[t] += 1
-        return items
+        return matmul, sends
 
     def packets(self):
         return [item for item in self.items if isinstance(item, Packet)]

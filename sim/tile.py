@@ -20,12 +20,15 @@ ERROR     15   (sent by a tile) the error flags and the offending micro-op's kin
 ========= ==== ============================================================================
 
 WRITE packets are executed as they arrive; MATMUL, SEND and DONE are queued and executed in
-order, but a SEND ships its words while the micro-ops after it run. So a program must not WRITE
-a region that a queued or running MATMUL or SEND still reads (the driver waits for an answer
-first); a MATMUL must not write the region of the last SEND before it unless a DONE or another
-answer lies between them (:class:`TileModel` raises :class:`ProgramHazard`); and a MATMUL's
-result region must not overlap its operand regions (the engine re-reads the activations for
-every engine tile while it writes results).
+order, but a SEND ships its words while the micro-ops after it run (one SEND ships and one more
+waits; a third waits for the first), and a MATMUL starts while the results of the one before
+it are still being written (a SEND waits for the results it sends, a DONE for all). So a
+program must not WRITE a region that a queued or running MATMUL or SEND still reads (the
+driver waits for an answer first); a MATMUL must not write the region of either of the last
+two SENDs before it, nor read or write the results region of the MATMUL before it, unless a
+DONE or an ERROR answer lies between them (:class:`TileModel` raises :class:`ProgramHazard`);
+and a MATMUL's result region must not overlap its operand regions (the engine re-reads the
+activations for every engine tile while it writes results).
 
 A packet with the NoC's ``poison`` mark (a router repaired it: the mark is on its last word, or
 on its header when no words arrived; it may have fewer words than its header's ``length``) is
@@ -169,8 +172,13 @@ def activation_layout(geometry, x_codes, d_x):
 
 
 class ProgramHazard(ValueError):
-    """A program whose result would depend on timing: a MATMUL that writes a region the SEND
-    before it may still be reading."""
+    """A program whose result would depend on timing: a MATMUL that writes a region a SEND
+    before it may still be reading, or that reads or writes the region the MATMUL before it
+    may still be writing."""
+
+#: SENDs that may still be reading SRAM when a MATMUL starts: the one the send unit ships and
+#: the one waiting for it.
+SENDS_IN_FLIGHT = 2
 
 
 @dataclass
@@ -184,13 +192,16 @@ class TileModel:
     def __post_init__(self):
         self.sram = np.zeros(self.geometry.words, dtype=object)
         self.errors = 0
-        # The region of the last SEND, while it may still be shipping: until an answer
-        # that waits for it (DONE, ERROR) or the next SEND.
-        self.sending = None
+        # The regions of the SENDs that may still be shipping: the last SENDS_IN_FLIGHT, until
+        # an answer that waits for them (DONE, ERROR).
+        self.sending = []
+        # The results region of the last MATMUL, while it may still be writing it.
+        self.writing = None
 
     def _error(self, bit, kind, src):
         self.errors |= 1 << bit
-        self.sending = None
+        self.sending = []
+        self.writing = None
         return [(src, Kind.ERROR, [(1 << bit) | (int(kind) << 8)])]
 
     def receive(self, kind, words, src, poison=False, *, length=None):
@@ -237,14 +248,16 @@ class TileModel:
             return self._error(Error.LENGTH, kind, src)
         f = unpack_fields(kind, words)
         if kind == Kind.DONE:
-            self.sending = None
+            self.sending = []
+            self.writing = None
             return [(src, Kind.DONE, [f["tag"]])]
         if kind == Kind.SEND:
             # The answer is a WRITE packet: an address word and at most 254 data words.
             if f["addr"] + f["count"] > size or not 1 <= f["count"] <= 254:
                 return self._error(Error.RANGE, kind, src)
             data = [int(w) for w in self.sram[f["addr"]:f["addr"] + f["count"]]]
-            self.sending = (f["addr"], f["addr"] + f["count"])
+            self.sending = self.sending[1 - SENDS_IN_FLIGHT:] + [(f["addr"],
+                                                                  f["addr"] + f["count"])]
             return [((f["dst_x"], f["dst_y"]), Kind.WRITE, [f["dst_addr"]] + data)]
         return self._matmul(f, src)
 
@@ -289,10 +302,17 @@ class TileModel:
             return self._error(Error.RANGE, Kind.MATMUL, src)
         fmt = WEIGHT_FORMATS[f["mode"]]
         (w0, w1), (x0, _), (s0, _), (y0, y1) = self.matmul_regions(f)
-        if self.sending and y0 < self.sending[1] and self.sending[0] < y1:
-            raise ProgramHazard(f"MATMUL writes SRAM {y0}..{y1 - 1}, which the SEND before it "
-                                f"({self.sending[0]}..{self.sending[1] - 1}) may still be "
-                                f"reading")
+        for a, b in self.sending:
+            if y0 < b and a < y1:
+                raise ProgramHazard(f"MATMUL writes SRAM {y0}..{y1 - 1}, which a SEND before "
+                                    f"it ({a}..{b - 1}) may still be reading")
+        if self.writing:
+            a, b = self.writing
+            for c, d in self.matmul_regions(f):
+                if c < b and a < d:
+                    raise ProgramHazard(f"MATMUL uses SRAM {c}..{d - 1}, which the MATMUL "
+                                        f"before it ({a}..{b - 1}) may still be writing")
+        self.writing = (y0, y1)
         per = g.word_bits // 8
         gsize = g.outputs_per_tile(fmt)
         elements, size = FORMATS[fmt][:2]

@@ -33,22 +33,23 @@ def test_distributed_matmul_is_the_golden_matmul(fmt, m):
     received = P.MeshModel().run(program.items)
     y = program.result(received)
     assert np.array_equal(y, dequant.matmul(fmt, w_raw, x).view(np.uint32))
-    # Every weight byte enters the mesh once, to one tile, however many groups of activation
-    # rows M makes (the words round a chunk's blocks up, by far less than a second copy).
+    # Every weight byte enters the mesh once per pass over the groups of activation rows the
+    # SRAM holds, to one tile (the words round a chunk's blocks up, by far less than a copy).
+    passes = -(-(-(-m // 8)) // program.resident)
     sent = sum(len(p.words) - 1 for p in program.packets()
                if p.kind == T.Kind.WRITE and not p.multicast)
-    assert w_raw.size <= sent * 8 < 2 * w_raw.size
+    assert passes * w_raw.size <= sent * 8 < (passes + 1) * w_raw.size
 
 
 def test_weights_enter_once_per_set_of_groups_the_sram_holds():
     # K = 576 (SmolLM2's width) and M = 32: four groups of 8 rows. Each resident group takes
-    # 576 + 18 · 4 words of activations and 8 · 16 words in each of the two result buffers:
-    # 904; the two Q4_1 weight buffers 2 · 720. 4096 words hold two groups, so the weights
-    # enter twice; 8192 hold all four; 2500 one, so four times.
+    # 576 + 18 · 4 words of activations and 8 · 16 words in each of the four result buffers:
+    # 1160; the two Q4_1 weight buffers 2 · 720. 4096 words hold two groups, so the weights
+    # enter twice; 8192 hold all four; 2600 one, so four times.
     rng = np.random.default_rng(5)
     w_raw = _weights(rng, "Q4_1", 4 * 16, 576)
     x = rng.standard_normal((32, 576)).astype(np.float32)
-    for words, passes in ((4096, 2), (8192, 1), (2500, 4)):
+    for words, passes in ((4096, 2), (8192, 1), (2600, 4)):
         geometry = T.TileGeometry(words=words)
         program = P.MatmulProgram("Q4_1", w_raw, x, 2, 2, geometry)
         y = program.result(P.MeshModel(2, 2, geometry).run(program.items))
@@ -263,6 +264,7 @@ def test_model_groups_shape():
     fields = dict(mode=1, blocks=1, tiles=1, rows=1, x_addr=100, xs_addr=200, y_addr=300)
     assert tile.receive(*T.matmul_packet(**fields, groups=2), edge)[0][2] == shape_error
     assert tile.receive(*T.matmul_packet(**fields, groups=1), edge) == []
+    tile.receive(*T.done_packet(0), edge)
     assert tile.receive(*T.matmul_packet(**{**fields, "blocks": 4}, groups=2),
                         edge) == []                                       # 432 bytes
     assert tile.receive(*T.matmul_packet(**{**fields, "blocks": 2}, groups=2),
@@ -270,21 +272,36 @@ def test_model_groups_shape():
 
 
 def test_model_refuses_a_matmul_over_a_send_in_flight():
-    # A SEND ships its words while the next micro-ops run: a MATMUL must not write them until
-    # an answer that waits for the SEND (DONE, ERROR) or the next SEND lies between.
+    # A SEND ships its words while the next micro-ops run, and one more SEND waits for it: a
+    # MATMUL must not write the regions of the last two SENDs until an answer that waits for
+    # them (DONE, ERROR) lies between.
     edge = (0, 1)
     fields = dict(mode=1, blocks=1, tiles=1, rows=1, x_addr=100, xs_addr=200, y_addr=300)
     send = T.send_packet(addr=310, count=4, dst_x=0, dst_y=1)
+    other = T.send_packet(addr=0, count=1, dst_x=0, dst_y=1)
     tile = T.TileModel()
     tile.receive(*send, edge)
-    with pytest.raises(T.ProgramHazard, match=r"^MATMUL writes SRAM 300\.\.315, which the "
+    with pytest.raises(T.ProgramHazard, match=r"^MATMUL writes SRAM 300\.\.315, which a "
                                                r"SEND before it \(310\.\.313\) may still be "
                                                r"reading$"):
         tile.receive(*T.matmul_packet(**fields), edge)
     assert tile.receive(*T.matmul_packet(**{**fields, "y_addr": 310 - 16}), edge) == []
-    for between in (T.done_packet(1), T.send_packet(addr=0, count=1, dst_x=0, dst_y=1),
-                    (7, [0])):
+    # ... nor what the MATMUL before it may still be writing.
+    with pytest.raises(T.ProgramHazard, match=r"^MATMUL uses SRAM 294\.\.309, which the "
+                                               r"MATMUL before it \(294\.\.309\) may still "
+                                               r"be writing$"):
+        tile.receive(*T.matmul_packet(**{**fields, "y_addr": 310 - 16}), edge)
+    tile = T.TileModel()
+    tile.receive(*send, edge)
+    # One SEND between: the first may still be shipping while the second waits.
+    tile.receive(*other, edge)
+    with pytest.raises(T.ProgramHazard):
+        tile.receive(*T.matmul_packet(**fields), edge)
+    # Two SENDs between, or an answer: the first has gone.
+    tile.receive(*other, edge)
+    assert tile.receive(*T.matmul_packet(**fields), edge) == []
+    for between in (T.done_packet(1), (7, [0])):
         tile = T.TileModel()
         tile.receive(*send, edge)
         tile.receive(*between, edge)
-        tile.receive(*T.matmul_packet(**fields), edge)
+        assert tile.receive(*T.matmul_packet(**fields), edge) == []

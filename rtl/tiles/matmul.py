@@ -85,8 +85,10 @@ class MatmulEngine(wiring.Component):
     i_xs : ``In(stream.Signature(data.ArrayLayout(XS_LAYOUT, rows)))``
         Per tile and 32-element block, each row's raw fp16 scale ``d`` and code sum ``sum``.
     o : ``Out(stream.Signature(OUTPUT_LAYOUT))``
-        One result per output: ``row`` (m), ``col`` (n) and the binary32 ``value``, in the
-        order the outputs complete.
+        One result per output: ``row`` (m), ``col`` (n), the binary32 ``value`` and
+        ``command``, which alternates from one command to the next (the first is 1): the
+        engine takes the next command as soon as it has taken the last input of one, so the
+        results of two commands may come out mixed.
     errors : ``Out(ERROR_LAYOUT)``
         Sticky error flags.
     clear : ``In(1)``
@@ -150,7 +152,8 @@ class MatmulEngine(wiring.Component):
 
     @property
     def output_layout(self):
-        return data.StructLayout({"row": range(self._rows), "col": 16, "value": 32})
+        return data.StructLayout({"row": range(self._rows), "col": 16, "value": 32,
+                                  "command": 1})
 
     def outputs_per_tile(self, fmt):
         """G: the outputs (weight rows) of one tile in format ``fmt``."""
@@ -173,6 +176,7 @@ class MatmulEngine(wiring.Component):
 
         # ---- Command ---------------------------------------------------------------------
         cmd = Signal(self.command_layout)
+        parity = Signal()           # of the command: 1, 0, 1, … (`o.payload.command`)
         is_q8 = Signal()
         is_tq2 = Signal()
         m_rows = Signal(range(rows + 1))
@@ -204,6 +208,7 @@ class MatmulEngine(wiring.Component):
                 with m.If(self.i_cmd.valid):
                     m.d.sync += [
                         cmd.eq(new),
+                        parity.eq(~parity),
                         is_q8.eq(new.mode == mode_code("Q8_0")),
                         is_tq2.eq(new.mode == mode_code("TQ2_0")),
                         m_rows.eq(new.rows),
@@ -382,7 +387,7 @@ class MatmulEngine(wiring.Component):
         lanes_ok = Const(1, 1)
         lane_terms = []
         for n, dequant in enumerate(self._dequants):
-            tags = StreamFIFO(16, 64)
+            tags = StreamFIFO(17, 64)       # column, command parity
             m.submodules[f"tags{n}"] = tags
             j = Signal(range(stride), name=f"j{n}")
             m.d.comb += j.eq((step << lane_bits) | n)
@@ -406,7 +411,7 @@ class MatmulEngine(wiring.Component):
                 dequant.i.valid.eq(fire & active),
                 # An output's column is known when its last term is sent.
                 tags.i.valid.eq(fire & active & last_block),
-                tags.i.payload.eq(tile_col + j),
+                tags.i.payload.eq(Cat((tile_col + j)[:16], parity)),
             ]
         step_last = Mux(is_q8, (cols - 1) >> lane_bits, (g_max - 1) >> lane_bits)
         take_word = array.o.valid & ready_scales & (~use | (fire & (step == step_last)))
@@ -442,7 +447,8 @@ class MatmulEngine(wiring.Component):
                 dequant.o.ready.eq(lane_i.ready),
                 tags.o.ready.eq(dequant.o.valid & lane_i.ready),
                 lane_i.payload.row.eq(out.index[step_bits:]),
-                lane_i.payload.col.eq(tags.o.payload),
+                lane_i.payload.col.eq(tags.o.payload[:16]),
+                lane_i.payload.command.eq(tags.o.payload[16]),
                 lane_i.payload.value.eq(out.value),
             ]
             m.d.sync += Assert(~dequant.o.valid | tags.o.valid,

@@ -301,18 +301,36 @@ class Tile(wiring.Component):
         bytes_x8 = Signal(48)
         w_words = Signal(48)
         ends = [Signal(48, name=f"end{i}") for i in range(4)]   # the regions' ends
-        # y_addr + r · y_stride for each array row r: the result address is then one add.
-        row_base = [Signal(32, name=f"row_base{r}") for r in range(rows)]
+        # Two MATMULs overlap: the next one starts when the engine has taken the last input of
+        # one, while its results are still being written. Each has a slot, by the parity of
+        # its engine command (`command` on the engine's results; the first is 1): the results
+        # still to be written, the region they go to, and y_addr + r · y_stride for each array
+        # row r, so that a result's address is one add.
+        slot = Signal()                 # of the MATMUL being started: the other's
+        row_base = [[Signal(32, name=f"row_base{p}_{r}") for r in range(rows)] for p in range(2)]
+        left = [Signal(32, name=f"left{p}") for p in range(2)]
+        y_end = [Signal(48, name=f"y_end{p}") for p in range(2)]
+        y_start = [Signal(32, name=f"y_start{p}") for p in range(2)]
+        due = Signal(40)                # M · N · groups: the results of the MATMUL
+        # Every MATMUL's results are in SRAM.
+        results_done = Signal()
+        # A SEND waits while a MATMUL before it is still writing the SEND's region.
+        send_blocked = Signal()
         last_count = Signal(range(width // 8 + 1))
         shape_ok = Signal()
         range_ok = Signal()
         reply_kind = Signal(Kind)
         reply_word = Signal(width)
         sent = Signal(5)                # which of the engine and the four readers took it
-        result_owed = Signal(range(64))
         engine_error = Signal()
         send_start = Signal()           # execute hands the SEND in `op` to the send unit
-        send_busy = Signal()
+        send_busy = Signal()            # a SEND waits or is being shipped
+        unit_busy = Signal()            # the send unit ships one
+        # A SEND's own fields: its sender and its two operand words.
+        send_layout = data.StructLayout({"src_x": coord, "src_y": coord,
+                                         "words": data.ArrayLayout(width, _WORDS[Kind.SEND])})
+        waiting = Signal(send_layout)   # the SEND waiting for the send unit
+        waiting_valid = Signal()
 
         known = Const(0, 1)
         for name in config.weight_formats:
@@ -345,32 +363,45 @@ class Tile(wiring.Component):
                                          reply_word.eq(queue.o.payload.words[0])]
                             m.next = "REPLY"
             with m.State("REPLY"):
-                # After the SEND before it has gone out (send_busy cannot rise here).
-                m.d.comb += [self.o_header.valid.eq(~send_busy), tx.kind.eq(reply_kind),
+                # After the SENDs before it have gone out and every MATMUL's results are in
+                # SRAM (neither can start again here).
+                replying = ~send_busy & results_done
+                m.d.comb += [self.o_header.valid.eq(replying), tx.kind.eq(reply_kind),
                              tx.dst_x.eq(op.src_x), tx.dst_y.eq(op.src_y),
                              tx.last_x.eq(op.src_x), tx.last_y.eq(op.src_y), tx.length.eq(1)]
                 # (o_header.valid is the send unit's while it sends: not this state's.)
-                with m.If(~send_busy & self.o_header.ready):
+                with m.If(replying & self.o_header.ready):
                     m.next = "REPLY_WORD"
             with m.State("REPLY_WORD"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(reply_word)]
                 with m.If(self.o.ready):
                     m.next = "IDLE"
 
-            # SEND: checked here, shipped by the send unit once the one before it is out.
+            # SEND: checked here and handed over; it waits while the send unit ships the one
+            # before, so execute goes on unless two SENDs are still to go out.
             with m.State("SEND_CHECK"):
-                with m.If(~send_busy):
+                with m.If(~waiting_valid & ~send_blocked):
                     # The answer is a WRITE packet: an address word and at most 254 data words.
                     with m.If((send_count == 0) | (send_count == 255)
                               | (send_addr + send_count > size)):
                         reject(Error.RANGE, Kind.SEND)
                     with m.Else():
                         m.d.comb += send_start.eq(1)
+                        m.d.sync += [waiting.src_x.eq(op.src_x), waiting.src_y.eq(op.src_y),
+                                     waiting.words.eq(
+                                         op.words.as_value()[:_WORDS[Kind.SEND] * width]),
+                                     waiting_valid.eq(1)]
                         m.next = "IDLE"
 
             # MATMUL: sizes, checks, then the engine and its streams.
             with m.State("MATMUL_SIZE"):
                 g_shift = Mux(is_q8 | (not packed), 0, 1)
+                # The MATMUL before the last one must have written all its results: its slot
+                # is this one's.
+                with m.If(Mux(slot, left[0], left[1]) != 0):
+                    m.next = "MATMUL_SIZE"
+                with m.Else():
+                    m.next = "MATMUL_BYTES"
                 m.d.sync += [
                     outputs.eq((tiles * cols) << g_shift),
                     stride_rows.eq((m_rows - 1) * y_stride),
@@ -381,12 +412,14 @@ class Tile(wiring.Component):
                                 & (m_rows <= rows) & (groups != 0)
                                 & ~((mode == mode_code("TQ2_0")) & (blocks[:3] != 0))),
                 ]
-                m.next = "MATMUL_BYTES"
             # One multiplication or addition per state: this runs once per MATMUL and must not
             # set the tile's clock.
             with m.State("MATMUL_BYTES"):
                 m.d.sync += [prod.eq(outputs * blocks), y_span.eq(outputs * groups)]
-                m.d.sync += [row_base[r].eq(y_addr + y_stride * r) for r in range(rows)]
+                for p in range(2):
+                    with m.If(slot == p ^ 1):
+                        m.d.sync += [row_base[p][r].eq(y_addr + y_stride * r)
+                                     for r in range(rows)]
                 m.next = "MATMUL_BYTES_X8"
             with m.State("MATMUL_BYTES_X8"):
                 with m.Switch(mode):
@@ -405,6 +438,7 @@ class Tile(wiring.Component):
                     ends[1].eq(x_addr + x_span),
                     ends[2].eq(xs_addr + xs_span),
                     ends[3].eq(y_addr + stride_rows + y_span),
+                    due.eq(m_rows * y_span),
                 ]
                 m.next = "MATMUL_RANGE"
             with m.State("MATMUL_RANGE"):
@@ -454,11 +488,18 @@ class Tile(wiring.Component):
                 for i, (port, _) in enumerate(starts):
                     done = done & (sent[i] | port.ready)
                 with m.If(done):
+                    # The engine took the command: the MATMUL has its slot.
+                    m.d.sync += slot.eq(~slot)
+                    for p in range(2):
+                        with m.If(slot == p ^ 1):
+                            m.d.sync += [left[p].eq(due), y_start[p].eq(y_addr),
+                                         y_end[p].eq(ends[3])]
                     m.next = "MATMUL_WAIT"
             with m.State("MATMUL_WAIT"):
-                with m.If(~engine.busy & ~weights.busy & ~weights_odd.busy & ~acts.busy
-                          & ~scales.busy
-                          & (result_owed == 0)):
+                # Until the engine has taken the MATMUL's last input (it is then idle, ready
+                # for the next command), not until its results are written.
+                with m.If(engine.i_cmd.ready & ~weights.busy & ~weights_odd.busy & ~acts.busy
+                          & ~scales.busy):
                     m.next = "MATMUL_ERRORS"
             # Report what went wrong reading SRAM or in the engine.
             with m.State("MATMUL_ERRORS"):
@@ -477,23 +518,25 @@ class Tile(wiring.Component):
         m.d.comb += clear_flags.eq(queue.o.valid & queue.o.ready)
         m.d.comb += [weights.clear.eq(clear_flags), weights_odd.clear.eq(clear_flags),
                      acts.clear.eq(clear_flags),
-                     scales.clear.eq(clear_flags), sender.clear.eq(send_start),
+                     scales.clear.eq(clear_flags),
                      engine.clear.eq(clear_flags)]
         m.d.comb += engine_error.eq(engine.errors.as_value().any())
 
         # ---- Send unit: a SEND's region as a WRITE packet, dst_addr first ----------------
-        snd = Signal(op_layout)         # the SEND being shipped
+        snd = Signal(send_layout)       # the SEND being shipped
         sw = snd.words
         dst_x, dst_y, dst_addr = _field(sw, 1, 0, 8), _field(sw, 1, 8, 8), _field(sw, 1, 32, 32)
         snd_count = _field(sw, 0, 32, 8)
         with m.FSM(name="send"):
             with m.State("IDLE"):
-                with m.If(send_start):
-                    m.d.sync += snd.eq(op)
+                # The reader's error flag is per SEND: cleared as one starts.
+                m.d.comb += sender.clear.eq(waiting_valid)
+                with m.If(waiting_valid):
+                    m.d.sync += [snd.eq(waiting), waiting_valid.eq(0)]
                     m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += [
-                    send_busy.eq(1),
+                    unit_busy.eq(1),
                     self.o_header.valid.eq(1),
                     tx.dst_x.eq(dst_x), tx.dst_y.eq(dst_y), tx.last_x.eq(dst_x),
                     tx.last_y.eq(dst_y), tx.kind.eq(Kind.WRITE), tx.length.eq(snd_count + 1),
@@ -507,12 +550,12 @@ class Tile(wiring.Component):
                 with m.If(self.o_header.ready):
                     m.next = "ADDR"
             with m.State("ADDR"):
-                m.d.comb += [send_busy.eq(1), self.o.valid.eq(1), self.o.payload.eq(dst_addr)]
+                m.d.comb += [unit_busy.eq(1), self.o.valid.eq(1), self.o.payload.eq(dst_addr)]
                 with m.If(self.o.ready):
                     m.next = "DATA"
             with m.State("DATA"):
                 m.d.comb += [
-                    send_busy.eq(1),
+                    unit_busy.eq(1),
                     self.o.valid.eq(sender.o.valid),
                     self.o.payload.eq(sender.o.payload.data),
                     sender.o.ready.eq(self.o.ready),
@@ -521,26 +564,27 @@ class Tile(wiring.Component):
                     m.next = "CHECK"
             with m.State("CHECK"):
                 # An uncorrectable word was sent as it was read: the ERROR follows the packet.
-                m.d.comb += send_busy.eq(1)
+                m.d.comb += unit_busy.eq(1)
                 with m.If(sender.error):
                     m.d.comb += tx_raise.eq(1 << Error.MEMORY)
                     m.next = "ERROR"
                 with m.Else():
                     m.next = "IDLE"
             with m.State("ERROR"):
-                m.d.comb += [send_busy.eq(1), self.o_header.valid.eq(1), tx.kind.eq(Kind.ERROR),
+                m.d.comb += [unit_busy.eq(1), self.o_header.valid.eq(1), tx.kind.eq(Kind.ERROR),
                              tx.dst_x.eq(snd.src_x), tx.dst_y.eq(snd.src_y),
                              tx.last_x.eq(snd.src_x), tx.last_y.eq(snd.src_y), tx.length.eq(1)]
                 with m.If(self.o_header.ready):
                     m.next = "ERROR_WORD"
             with m.State("ERROR_WORD"):
-                m.d.comb += [send_busy.eq(1), self.o.valid.eq(1),
+                m.d.comb += [unit_busy.eq(1), self.o.valid.eq(1),
                              self.o.payload.eq((1 << Error.MEMORY) | (Kind.SEND.value << 8))]
                 with m.If(self.o.ready):
                     m.next = "IDLE"
 
+        m.d.comb += send_busy.eq(unit_busy | waiting_valid)
         # The send unit and the replies share the outputs: never both at once.
-        m.d.sync += Assert(~(send_busy & execute.ongoing("REPLY_WORD")),
+        m.d.sync += Assert(~(unit_busy & execute.ongoing("REPLY_WORD")),
                            "Tile: a reply and the send unit drive the outputs together")
 
         # ---- The engine's streams --------------------------------------------------------
@@ -584,18 +628,35 @@ class Tile(wiring.Component):
 
         # Results to SRAM, one binary32 per word, at y_addr + row · y_stride + col. The address
         # is computed into a FIFO, so that the SRAM's bank arbitration starts from a register.
+        # A MATMUL's slot counts its results until the SRAM has written them: the written
+        # results come back in order, so a FIFO of their slots says whose each is.
         result = engine.o.payload
         m.submodules.results = results = StreamFIFO(sram.i_result.payload.shape(), 2)
+        m.submodules.result_slots = result_slots = StreamFIFO(1, 64)
+        base = Mux(result.command, Array(row_base[1])[result.row],
+                   Array(row_base[0])[result.row])
         m.d.comb += [
-            results.i.valid.eq(engine.o.valid),
-            results.i.payload.addr.eq(Array(row_base)[result.row] + result.col),
+            results.i.valid.eq(engine.o.valid & result_slots.i.ready),
+            results.i.payload.addr.eq(base + result.col),
             results.i.payload.data.eq(result.value),
-            engine.o.ready.eq(results.i.ready),
+            engine.o.ready.eq(results.i.ready & result_slots.i.ready),
+            result_slots.i.valid.eq(engine.o.valid & results.i.ready),
+            result_slots.i.payload.eq(result.command),
             sram.o_result.ready.eq(1),
+            result_slots.o.ready.eq(sram.o_result.valid),
         ]
         wiring.connect(m, results.o, sram.i_result)
-        m.d.sync += result_owed.eq(result_owed + (results.i.valid & results.i.ready)
-                                   - sram.o_result.valid)
+        m.d.sync += Assert(~sram.o_result.valid | result_slots.o.valid,
+                           "Tile: a result written that was not sent")
+        for p in range(2):
+            with m.If(sram.o_result.valid & (result_slots.o.payload == p)):
+                m.d.sync += left[p].eq(left[p] - 1)
+        m.d.comb += results_done.eq((left[0] == 0) & (left[1] == 0))
+        blocked = Const(0, 1)
+        for p in range(2):
+            blocked = blocked | ((left[p] != 0) & (send_addr < y_end[p])
+                                 & (y_start[p] < send_addr + send_count))
+        m.d.comb += send_blocked.eq(blocked)
         result_error = sram.o_result.valid & (sram.o_result.payload.error != SRAMError.NONE)
         m.d.comb += mem_raise[Error.MEMORY].eq(fill_error | result_error)
 
@@ -604,6 +665,7 @@ class Tile(wiring.Component):
             m.d.sync += errors.eq(0)
         m.d.comb += [
             self.errors.eq(errors),
-            self.busy.eq(queue.o.valid | ~queue.o.ready | queue.i.valid | send_busy),
+            self.busy.eq(queue.o.valid | ~queue.o.ready | queue.i.valid | send_busy
+                         | ~results_done),
         ]
         return m
