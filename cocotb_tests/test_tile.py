@@ -329,22 +329,23 @@ def format_programs(geometry, model, nrng, prng, senders):
         regions = Regions(prng, geometry.words, start=prng.randrange(0, 1024))
         first = make_job(geometry, nrng, fmt, 1)
         second = make_job(geometry, nrng, fmt, 5, w_raw=first.w_raw)
-        # Three groups of all the array's rows on the same weights, in one MATMUL.
-        third = make_job(geometry, nrng, fmt, geometry.rows, w_raw=first.w_raw, groups=3)
-        if index % 2:
-            third.y_stride += 3     # rows apart: SENT row by row
+        jobs = [first, second]
+        # In every other format, three groups of all the array's rows on the same weights in
+        # one MATMUL (groups do not depend on the format but for the weight job's end).
+        if index % 2 == 0:
+            jobs.append(make_job(geometry, nrng, fmt, geometry.rows, w_raw=first.w_raw,
+                                 groups=3))
+            if index == 2:
+                jobs[-1].y_stride += 3      # rows apart: SENT row by row
         load(prog, first, regions, src)
-        for job in (second, third):
+        for job in jobs[1:]:
             job.w_addr = first.w_addr
             load(prog, job, regions, src, weights=False)
-        matmul(prog, first, src)
-        send_results(prog, first, src, src)
-        matmul(prog, second, src)
-        send_results(prog, second, src, src)
-        matmul(prog, third, src)
-        send_results(prog, third, src, src)
+        for job in jobs:
+            matmul(prog, job, src)
+            send_results(prog, job, src, src)
         prog.done(src)
-        prog.label += f": {first.describe()}; {second.describe()}; {third.describe()}"
+        prog.label += ": " + "; ".join(job.describe() for job in jobs)
         programs.append(prog.finish())
     return programs
 
