@@ -143,6 +143,7 @@ class MatmulProgram:
         answers = {t: 0 for t in tiles}
         matmuls = {t: 0 for t in tiles}
         deferred = {t: [] for t in tiles}   # SENDs that follow the tile's next MATMUL
+        emitted = {t: 0 for t in tiles}     # SENDs placed in the program so far
         # Each SEND in program order: (tile, first column, first row of each of its groups,
         # the rows [r0, r1) of the groups it carries).
         self.sends = []
@@ -160,29 +161,48 @@ class MatmulProgram:
             # last group of x if it is shorter.
             runs = [[i for i, (_, rows) in enumerate(resident) if rows == size]
                     for size in sorted({rows for _, rows in resident}, reverse=True)]
-            done = {t: [] for t in tiles}   # each tile's answer count after each chunk
+            # done[t][j]: the answers from tile t that show chunk j's weights are no longer
+            # read: up to the first SEND queued after the chunk's last MATMUL, because the
+            # tile runs that SEND only once the MATMUL has taken all its inputs.
+            done = {t: [] for t in tiles}
+            unresolved = {t: [] for t in tiles}
             for j in range(self.chunks):
                 for ti, t in enumerate(tiles):
                     if j >= 2:
+                        assert done[t][j - 2] is not None
                         items.append(Wait(t, done[t][j - 2]))
                     start = ti * self.rows_per_tile + j * self.per_chunk
                     chunk = self.w_raw[start:start + self.per_chunk]
                     items += self._writes(t, self.w_addr[j % 2],
                                           weight_layout(g, self.fmt, chunk))
-                    for run in runs:
+                    for index, run in enumerate(runs):
                         matmul, sends = self._matmul(t, j, start, [resident[i] for i in run],
                                                      run[0], matmuls[t] % RESULT_BUFFERS,
                                                      answers)
                         matmuls[t] += 1
+                        items.append(matmul)
+                        if index == len(runs) - 1:      # the chunk's last MATMUL
+                            done[t].append(None)
+                            unresolved[t].append(j)
                         # The SENDs of the MATMUL before: it finishes writing its results
                         # while this one computes.
-                        items += [matmul] + deferred[t]
+                        items += self._emit(t, deferred, emitted, done, unresolved)
                         deferred[t] = sends
-                    done[t].append(answers[t])
             for t in tiles:
-                items += deferred[t]
-                deferred[t] = []
+                items += self._emit(t, deferred, emitted, done, unresolved)
         return items
+
+    @staticmethod
+    def _emit(t, deferred, emitted, done, unresolved):
+        """Tile ``t``'s deferred SENDs, to go into the program now: the first of them is the
+        answer that frees the weights of the chunks whose MATMULs came before."""
+        sends, deferred[t] = deferred[t], []
+        if sends:
+            for j in unresolved[t]:
+                done[t][j] = emitted[t] + 1
+            unresolved[t].clear()
+        emitted[t] += len(sends)
+        return sends
 
     def _matmul(self, t, j, col0, groups, first, buffer, answers):
         """A MATMUL of chunk ``j`` on tile ``t`` over resident ``groups`` (stored from

@@ -65,8 +65,10 @@ class Tile(wiring.Component):
     receives and gives the interface the packets it sends.
 
     WRITE packets are written to SRAM as they arrive. MATMUL, SEND and DONE micro-ops (and
-    the reports of bad packets) wait in a queue of ``QUEUE_DEPTH`` and run one after the
-    other; a micro-op that cannot run (unknown kind, wrong length, a region beyond the SRAM,
+    the reports of bad packets) wait in a queue of ``QUEUE_DEPTH`` and run in order, with
+    overlap where the program's ordering rules allow it (docs/tile.md): a MATMUL starts while
+    the one before still writes its results, and SENDs ship while later micro-ops run; DONE
+    and ERROR answers wait for everything before them. A micro-op that cannot run (unknown kind, wrong length, a region beyond the SRAM,
     a matmul the engine cannot take) sets its bit in ``errors`` and is answered with an ERROR
     packet to its sender, and the tile goes on with the next. So is a packet with the NoC's
     ``poison`` mark (a router repaired it), whatever else is wrong with it; of a poisoned WRITE
@@ -90,7 +92,7 @@ class Tile(wiring.Component):
     clear : ``In(1)``
         Clears ``errors``.
     busy : ``Out(1)``
-        A micro-op is queued or running.
+        A micro-op is queued or running, a SEND is shipping, or results are being written.
     """
 
     def __init__(self, config):
