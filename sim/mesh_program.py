@@ -140,10 +140,9 @@ class MatmulProgram:
         items = []
         tiles = self.tile_fields()
         everyone = {"multicast": True, "last": (self.mesh_x, self.mesh_y)}
-        answers = {t: 0 for t in tiles}
         matmuls = {t: 0 for t in tiles}
         deferred = {t: [] for t in tiles}   # SENDs that follow the tile's next MATMUL
-        emitted = {t: 0 for t in tiles}     # SENDs placed in the program so far
+        emitted = {t: 0 for t in tiles}     # SENDs placed in the program: its answers
         # Each SEND in program order: (tile, first column, first row of each of its groups,
         # the rows [r0, r1) of the groups it carries).
         self.sends = []
@@ -151,7 +150,7 @@ class MatmulProgram:
         for p0 in range(0, len(groups), self.resident):
             resident = groups[p0:p0 + self.resident]
             if p0:
-                items += [Wait(t, answers[t]) for t in tiles]
+                items += [Wait(t, emitted[t]) for t in tiles]
             for i, (r0, rows) in enumerate(resident):
                 x_words, xs_words = activation_layout(g, self.codes[r0:r0 + rows],
                                                       self.d_x[r0:r0 + rows])
@@ -177,8 +176,7 @@ class MatmulProgram:
                                           weight_layout(g, self.fmt, chunk))
                     for index, run in enumerate(runs):
                         matmul, sends = self._matmul(t, j, start, [resident[i] for i in run],
-                                                     run[0], matmuls[t] % RESULT_BUFFERS,
-                                                     answers)
+                                                     run[0], matmuls[t] % RESULT_BUFFERS)
                         matmuls[t] += 1
                         items.append(matmul)
                         if index == len(runs) - 1:      # the chunk's last MATMUL
@@ -204,11 +202,11 @@ class MatmulProgram:
         emitted[t] += len(sends)
         return sends
 
-    def _matmul(self, t, j, col0, groups, first, buffer, answers):
+    def _matmul(self, t, j, col0, groups, first, buffer):
         """A MATMUL of chunk ``j`` on tile ``t`` over resident ``groups`` (stored from
         resident index ``first`` on) into result buffer ``buffer``, and its SENDs: whole rows,
         as few packets as fit, of the groups' results side by side (y_stride = groups·G).
-        Returns the MATMUL packet and the SEND packets, counted in ``answers`` already."""
+        Returns the MATMUL packet and the SEND packets."""
         rows = groups[0][1]
         y_addr, stride = self.y_addr[buffer], len(groups) * self.per_chunk
         kind, words = matmul_packet(
@@ -225,7 +223,6 @@ class MatmulProgram:
                                       dst_x=EDGE[0], dst_y=EDGE[1], dst_addr=len(self.sends))
             sends.append(Packet(t, kind, tuple(words)))
             self.sends.append((t, col0, tuple(g0 for g0, _ in groups), r0, r1))
-            answers[t] += 1
         return matmul, sends
 
     def packets(self):

@@ -68,8 +68,8 @@ class Tile(wiring.Component):
     the reports of bad packets) wait in a queue of ``QUEUE_DEPTH`` and run in order, with
     overlap where the program's ordering rules allow it (docs/tile.md): a MATMUL starts while
     the one before still writes its results, and SENDs ship while later micro-ops run; DONE
-    and ERROR answers wait for everything before them. A micro-op that cannot run (unknown kind, wrong length, a region beyond the SRAM,
-    a matmul the engine cannot take) sets its bit in ``errors`` and is answered with an ERROR
+    and ERROR answers wait for everything before them. A micro-op that cannot run (unknown
+    kind, wrong length, a region beyond the SRAM, a matmul the engine cannot take) sets its bit in ``errors`` and is answered with an ERROR
     packet to its sender, and the tile goes on with the next. So is a packet with the NoC's
     ``poison`` mark (a router repaired it), whatever else is wrong with it; of a poisoned WRITE
     the words before the last are already in SRAM, the last is not written.
@@ -325,7 +325,6 @@ class Tile(wiring.Component):
         reply_word = Signal(width)
         sent = Signal(5)                # which of the engine and the four readers took it
         engine_error = Signal()
-        send_start = Signal()           # execute hands the SEND in `op` to the send unit
         send_busy = Signal()            # a SEND waits or is being shipped
         unit_busy = Signal()            # the send unit ships one
         # A SEND's own fields: its sender and its two operand words.
@@ -345,6 +344,11 @@ class Tile(wiring.Component):
             m.next = "REPLY"
 
         tx = self.o_header.payload
+
+        def answer_header(kind, src):
+            # The header of a one-word answer (DONE, ERROR) to the sender `src`.
+            return [tx.kind.eq(kind), tx.dst_x.eq(src.src_x), tx.dst_y.eq(src.src_y),
+                    tx.last_x.eq(src.src_x), tx.last_y.eq(src.src_y), tx.length.eq(1)]
 
         with m.FSM(name="execute") as execute:
             with m.State("IDLE"):
@@ -368,9 +372,7 @@ class Tile(wiring.Component):
                 # After the SENDs before it have gone out and every MATMUL's results are in
                 # SRAM (neither can start again here).
                 replying = ~send_busy & results_done
-                m.d.comb += [self.o_header.valid.eq(replying), tx.kind.eq(reply_kind),
-                             tx.dst_x.eq(op.src_x), tx.dst_y.eq(op.src_y),
-                             tx.last_x.eq(op.src_x), tx.last_y.eq(op.src_y), tx.length.eq(1)]
+                m.d.comb += [self.o_header.valid.eq(replying), *answer_header(reply_kind, op)]
                 # (o_header.valid is the send unit's while it sends: not this state's.)
                 with m.If(replying & self.o_header.ready):
                     m.next = "REPLY_WORD"
@@ -388,7 +390,6 @@ class Tile(wiring.Component):
                               | (send_addr + send_count > size)):
                         reject(Error.RANGE, Kind.SEND)
                     with m.Else():
-                        m.d.comb += send_start.eq(1)
                         m.d.sync += [waiting.src_x.eq(op.src_x), waiting.src_y.eq(op.src_y),
                                      waiting.words.eq(
                                          op.words.as_value()[:_WORDS[Kind.SEND] * width]),
@@ -573,9 +574,8 @@ class Tile(wiring.Component):
                 with m.Else():
                     m.next = "IDLE"
             with m.State("ERROR"):
-                m.d.comb += [unit_busy.eq(1), self.o_header.valid.eq(1), tx.kind.eq(Kind.ERROR),
-                             tx.dst_x.eq(snd.src_x), tx.dst_y.eq(snd.src_y),
-                             tx.last_x.eq(snd.src_x), tx.last_y.eq(snd.src_y), tx.length.eq(1)]
+                m.d.comb += [unit_busy.eq(1), self.o_header.valid.eq(1),
+                             *answer_header(Kind.ERROR, snd)]
                 with m.If(self.o_header.ready):
                     m.next = "ERROR_WORD"
             with m.State("ERROR_WORD"):
