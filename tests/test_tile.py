@@ -305,3 +305,12 @@ def test_model_refuses_a_matmul_over_a_send_in_flight():
         tile.receive(*send, edge)
         tile.receive(*between, edge)
         assert tile.receive(*T.matmul_packet(**fields), edge) == []
+
+
+def test_region_reader_step_is_checked():
+    from rtl.tiles.reader import RegionReader
+    assert RegionReader(64, step=2).step == 2
+    for bad in (0, 3, 2.0, True):
+        with pytest.raises(ValueError, match=r"^Region reader step must be a power of two, "
+                                             r"not "):
+            RegionReader(64, step=bad)
