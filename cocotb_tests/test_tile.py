@@ -22,6 +22,11 @@ Programs:
 - back to back: a region WRITTEN and SENT back at once; two MATMULs queued (M = 8, a strided
   result), their SENDs, and a burst of SENDs and DONEs from several endpoints that overfills
   the queue, at full rate and under heavy stalls;
+- VECTOR (when the tile has a vector unit): sim/vector.py's operators (RMSNorm, LayerNorm,
+  softmax with a causal limit and over rows, SwiGLU, SiLU, GELU in both forms, RoPE, add,
+  mul) run pass by pass as VECTORs on random vectors, each pass reading the earlier passes'
+  results where the tile wrote them; each operator's result equals sim.vector's own and is
+  SENT back; VECTORs over a MATMUL's results; non-finite operands (ERROR VECTOR);
 - every kind of bad micro-op on its own between good ones (each must set its flag and be
   answered with the model's ERROR word; ``clear`` then clears it) and the limits that are not
   errors (regions ending exactly at the end of the SRAM);
@@ -51,8 +56,9 @@ from gguf.quants import quantize
 from rtl.config import WEIGHT_FORMATS, mode_code
 from sim.dequant import matmul_q8
 from sim.gguf_blocks import code_values, split_blocks
+from sim import vector as vec
 from sim.tile import (FIELDS, Error, Kind, TileGeometry, TileModel, activation_layout,
-                      done_packet, matmul_packet, send_packet, weight_layout)
+                      done_packet, matmul_packet, send_packet, vector_packet, weight_layout)
 
 from cocotb_tests import harness
 from cocotb_tests.streams import StreamSink, StreamSource, Watchdog, make_rng, start_clock_and_reset
@@ -421,10 +427,15 @@ def bad_programs(geometry, model, nrng, prng, senders):
     def snd(**fields):
         return send_packet(**{"dst_x": SENDER[0], "dst_y": SENDER[1], **fields})
 
+    def vp(**fields):
+        # An ADD of 64 elements within the SRAM unless changed.
+        return vector_packet(**{"op": vec.Op.ADD, "length": 64, "a_addr": 0, "b_addr": 100,
+                                "y_addr": 200, **fields})
+
     noise = lambda n: [prng.getrandbits(geometry.word_bits) for _ in range(n)]  # noqa: E731
     bad = [
         ("unknown kind 7 with 2 words", (7, noise(2)), Error.KIND),
-        ("unknown kind 4 with no words", (4, []), Error.KIND),
+        ("unknown kind 5 with no words", (5, []), Error.KIND),
         ("an ERROR packet sent to the tile", (Kind.ERROR, noise(1)), Error.KIND),
         ("unknown kind 14 with 40 words", (14, noise(40)), Error.KIND),
         ("MATMUL with 3 words", (Kind.MATMUL, mm()[1][:3]), Error.LENGTH),
@@ -467,6 +478,27 @@ def bad_programs(geometry, model, nrng, prng, senders):
         ("MATMUL with more tiles than the weights fit", mm(tiles=0xFFFF, blocks=0xFFFF),
          Error.RANGE),
     ]
+    if geometry.vector:
+        longest = geometry.vector_max_length
+        bad += [
+            ("VECTOR with 3 words", (Kind.VECTOR, vp()[1][:3]), Error.LENGTH),
+            ("VECTOR with 5 words", (Kind.VECTOR, vp()[1] + noise(1)), Error.LENGTH),
+            ("VECTOR length 0", vp(length=0), Error.SHAPE),
+            (f"VECTOR length {longest + 1}", vp(length=longest + 1, a_addr=0), Error.SHAPE),
+            ("VECTOR op 16", vp(op=16), Error.SHAPE),
+            ("VECTOR op 31", vp(op=31), Error.SHAPE),
+            ("VECTOR ROPE of odd length", vp(op=vec.Op.ROPE, length=33), Error.SHAPE),
+            ("VECTOR length 0 and a beyond the SRAM (shape first)",
+             vp(length=0, a_addr=size), Error.SHAPE),
+            ("VECTOR a beyond the SRAM", vp(a_addr=size - 63), Error.RANGE),
+            ("VECTOR b beyond the SRAM", vp(b_addr=size - 63), Error.RANGE),
+            ("VECTOR results beyond the SRAM", vp(y_addr=size - 63), Error.RANGE),
+            ("VECTOR far beyond the SRAM", vp(a_addr=0xFFFFFFFF), Error.RANGE),
+            ("VECTOR gated SILU with b beyond the SRAM",
+             vp(op=vec.Op.SILU, gated=1, b_addr=size - 1), Error.RANGE),
+            ("VECTOR RMS with a beyond the SRAM by one", vp(op=vec.Op.RMS, a_addr=size - 63),
+             Error.RANGE),
+        ]
     for index, (label, (kind, words), bit) in enumerate(bad):
         idle, stall = prng.choice([(0.3, 0.3), (0.0, 0.0), (0.5, 0.5)])
         prog = Program(f"bad micro-op: {label}", model, prng, idle, stall)
@@ -500,6 +532,26 @@ def bad_programs(geometry, model, nrng, prng, senders):
     prog.done()
     programs.append(prog.finish())
     assert prog.errors == 0
+    if geometry.vector:
+        # (A program of its own: the WRITE below must not overwrite what the SENDs above
+        # still read.)
+        prog = Program("VECTOR limits that are not errors", model, prng)
+        # Regions ending at the end of the SRAM; a region a pass does not use may lie
+        # anywhere (results of a reduction, b of a pass that reads none). Finite operands:
+        # noise would raise VECTOR.
+        prog.write(size - 48, (nrng.standard_normal(48).astype(np.float32).view(np.uint32)
+                               .astype(np.uint64) | np.uint64(0xABC << 40)).tolist())
+        for fields in ({"op": vec.Op.ADD, "a_addr": size - 16, "b_addr": size - 48,
+                        "y_addr": size - 32},
+                       {"op": vec.Op.RMS, "a_addr": size - 16, "y_addr": 0xFFFFFFFF,
+                        "b_addr": 0xFFFFFFF0, "k1": vec._k(1 / 16)},
+                       {"op": vec.Op.SILU, "a_addr": size - 16, "b_addr": 0xFFFFFFFF,
+                        "y_addr": size - 16}):
+            assert not prog.add(*vector_packet(length=16, **fields))
+        prog.send(size - 48, 48)
+        prog.done()
+        programs.append(prog.finish())
+        assert prog.errors == 0
     return programs
 
 
@@ -551,7 +603,7 @@ def poison_programs(geometry, model, nrng, prng, senders):
         ("DONE cut at its head", Kind.DONE, [], 1),
         ("DONE of length 0, poisoned", Kind.DONE, [], 0),
         ("unknown kind 7 with 2 words, poisoned", 7, noise(2), 2),
-        ("unknown kind 4 cut at its head", 4, [], 3),
+        ("unknown kind 5 cut at its head", 5, [], 3),
         ("an ERROR packet sent to the tile, poisoned", Kind.ERROR, noise(1), 1),
     ]
 
@@ -669,7 +721,7 @@ def edge_case_programs(geometry, model, nrng, prng, senders):
 
     # 5. Packets of no words with a word of the next packet already waiting on ``i`` (which the
     #    network interface never does): draining nothing must not take that word.
-    for kind, label in ((4, "unknown kind 4"), (Kind.DONE, "DONE")):
+    for kind, label in ((5, "unknown kind 5"), (Kind.DONE, "DONE")):
         prog = Program(f"{label} with no words, the next words already offered", model, prng,
                        idle=0.0, stall=0.0, overlap=True)
         prog.add(kind, [])
@@ -679,7 +731,144 @@ def edge_case_programs(geometry, model, nrng, prng, senders):
     return programs
 
 
+class TileVector:
+    """A vector ``unit`` for sim/vector.py's operators that runs each pass as a VECTOR of a
+    program: an operand the tile does not hold yet is WRITTEN to a region of its own (junk in
+    the words' high halves), one an earlier pass wrote is read where it lies, and each writing
+    pass gets a region of its own. ``run`` returns the model's results, read from its SRAM."""
+
+    def __init__(self, prog, regions, src=SENDER):
+        self.prog, self.regions, self.src = prog, regions, src
+        self.where = {}             # a vector's bits → where the tile holds it
+
+    def place(self, bits, addr=None):
+        # (sim.vector passes binary32 bits; a float32 array is taken bit for bit too.)
+        bits = np.asarray(bits)
+        bits = (bits.view(np.uint32) if bits.dtype == np.float32
+                else bits.astype(np.uint32)).reshape(-1)
+        key = bits.tobytes()
+        if addr is not None:
+            self.where[key] = addr
+        if key not in self.where:
+            prog = self.prog
+            addr = self.regions.take(bits.size)
+            prog.write(addr, [int(v) | (prog.prng.getrandbits(prog.word_bits - 32) << 32)
+                              for v in bits], self.src)
+            self.where[key] = addr
+        return self.where[key]
+
+    def fields(self, command, a, b=None):
+        prng = self.prog.prng
+        return {"op": int(command.op), "gated": int(command.gated), "length": command.length,
+                "limit": command.limit, "k1": command.k1, "k2": command.k2,
+                "a_addr": self.place(a),
+                "b_addr": self.place(b) if command.reads_b else prng.getrandbits(32),
+                "y_addr": (self.regions.take(command.length) if command.writes
+                           else prng.getrandbits(32))}
+
+    def run(self, command, a, b=None):
+        prog = self.prog
+        f = self.fields(command, a, b)
+        kind, words = vector_packet(**f)
+        assert not prog.add(kind, with_junk(kind, words, prog.prng, prog.word_bits), self.src)
+        if not command.writes:
+            return np.zeros(0, dtype=np.uint32)
+        out = np.array([int(v) for v in prog.model.sram[f["y_addr"]:f["y_addr"] + f["length"]]],
+                       dtype=np.uint32)
+        self.place(out, f["y_addr"])
+        return out
+
+
+def _floats(nrng, n, scale=2.0):
+    return (nrng.standard_normal(n) * scale).astype(np.float32)
+
+
+def vector_programs(geometry, model, nrng, prng, senders):
+    """sim/vector.py's operators as VECTOR programs, a VECTOR over a MATMUL's results, and
+    non-finite operands: each operator's result must equal sim.vector's on a VectorModel of its
+    own, and is SENT back."""
+    if not geometry.vector:
+        return []
+    programs = []
+    size = geometry.words
+    table = vec.rope_table(7, 64, 10000.0)
+    scores = _floats(nrng, (3, 40), 4.0)
+    operators = [
+        [("RMSNorm", vec.rmsnorm, (_floats(nrng, 96), _floats(nrng, 96, 0.5), 1e-5)),
+         ("softmax, causal", lambda u, x: vec.softmax(u, x, 0.125, limit=50),
+          (_floats(nrng, 80, 8.0),)),
+         ("SwiGLU", vec.swiglu, (_floats(nrng, 64, 3.0), _floats(nrng, 64))),
+         ("RoPE", vec.rope, (_floats(nrng, 64), table)),
+         ("residual add", vec.add, (_floats(nrng, 64), _floats(nrng, 64)))],
+        [("LayerNorm", vec.layernorm,
+          (_floats(nrng, 72), _floats(nrng, 72, 0.5), _floats(nrng, 72, 0.1), 1e-5)),
+         ("softmax of 3 rows", lambda u, x: vec.softmax_rows(u, x, 0.25, limits=[10, 25, 40]),
+          (scores,)),
+         ("GELU", vec.gelu, (_floats(nrng, 64),)),
+         ("SiLU", vec.silu, (_floats(nrng, 64),))],
+        [("GELU, erf form", vec.gelu_erf, (_floats(nrng, 48),)),
+         ("mul", vec.mul, (_floats(nrng, 48), _floats(nrng, 48)))],
+    ]
+    rates = [(0.3, 0.3), (0.0, 0.0), (0.5, 0.6)]
+    for (idle, stall), ops in zip(rates, operators):
+        src = prng.choice(senders)
+        prog = Program(f"vector operators (from {src}, idle {idle}, stall {stall}): "
+                       + ", ".join(name for name, _, _ in ops), model, prng, idle, stall)
+        unit = TileVector(prog, Regions(prng, size), src)
+        for name, operator, args in ops:
+            got = np.asarray(operator(unit, *args), dtype=np.float32)
+            want = np.asarray(operator(vec.VectorModel(geometry.vector_max_length), *args),
+                              dtype=np.float32)
+            assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist(), \
+                f"the model's {name} differs from sim.vector's"
+            for row in got.reshape(-1, got.shape[-1]).view(np.uint32):
+                sent = prog.send(unit.place(row), row.size, src, src)
+                assert sent == row.tolist(), f"{name}: not where the pass wrote it"
+        prog.done(src)
+        programs.append(prog.finish())
+
+    # A MATMUL's results through the vector unit: SiLU of y, and RMSNorm of y with a weight.
+    prog = Program("MATMUL, then VECTORs over its results", model, prng)
+    regions = Regions(prng, size)
+    job = make_job(geometry, nrng, "Q4_0", 1, tiles=2)
+    load(prog, job, regions)
+    matmul(prog, job)
+    unit = TileVector(prog, regions)
+    y = job.expected[0]
+    unit.place(y, job.y_addr)
+    weight = _floats(nrng, y.size, 0.5)
+    for name, operator, args in (("SiLU", vec.silu, ()),
+                                 ("RMSNorm", vec.rmsnorm, (weight, 1e-6))):
+        got = np.asarray(operator(unit, y.view(np.float32), *args), dtype=np.float32)
+        want = operator(vec.VectorModel(), y.view(np.float32), *args)
+        assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+        prog.send(unit.place(got.view(np.uint32)), got.size)
+    prog.done()
+    programs.append(prog.finish())
+
+    # Non-finite operands: ERROR (VECTOR) after the pass, its results written all the same;
+    # the next pass's flags are its own.
+    prog = Program("VECTORs with non-finite operands", model, prng)
+    unit = TileVector(prog, Regions(prng, size))
+    x, z = _floats(nrng, 40), _floats(nrng, 40)
+    x[5], z[17] = np.inf, np.nan
+    for op in (vec.Op.ADD, vec.Op.RMS):
+        command = vec.Command(op, 40, k1=vec._k(1 / 40))
+        f = unit.fields(command, x, z)
+        (reply,) = prog.add(*vector_packet(**f))
+        assert reply[1] == Kind.ERROR and reply[2] == [(1 << Error.VECTOR)
+                                                       | (Kind.VECTOR << 8)]
+        if command.writes:
+            prog.send(f["y_addr"], 40)
+    unit.run(vec.Command(vec.Op.MUL, 40), _floats(nrng, 40), _floats(nrng, 40))
+    prog.done()
+    programs.append(prog.finish(clear=True))
+    assert prog.errors == 1 << Error.VECTOR
+    return programs
+
+
 PROGRAMS = {"programs": lambda *a: format_programs(*a) + back_to_back_programs(*a),
+            "vector": vector_programs,
             "bad_micro_ops": bad_programs,
             "poisoned_packets": poison_programs,
             "edge_cases": edge_case_programs}
@@ -932,6 +1121,11 @@ async def programs(dut):
 
 
 @cocotb.test()
+async def vector(dut):
+    await run_all(dut, "vector")
+
+
+@cocotb.test()
 async def bad_micro_ops(dut):
     await run_all(dut, "bad_micro_ops")
 
@@ -996,7 +1190,7 @@ def test_programs_model_only():
     config = _config()
     p = _params(config)
     geometry = TileGeometry(**p["geometry"])
-    for which in ("programs", "bad_micro_ops", "poisoned_packets"):
+    for which in ("programs", "vector", "bad_micro_ops", "poisoned_packets"):
         for program in build_programs(which, geometry, 12345, p["mesh"]):
             assert all(len(w) <= 255 for _, _, w in program.packets)
             assert all(len(w) <= 255 for _, _, w, _ in program.replies)
@@ -1005,6 +1199,10 @@ def test_programs_model_only():
 @pytest.mark.slow
 def test_tile_programs():
     _run("programs")
+
+
+def test_tile_vector():
+    _run("vector")
 
 
 def test_tile_bad_micro_ops():

@@ -16,16 +16,24 @@ SEND      2    ``addr | count``; ``dst_x | dst_y | dst_addr``: send ``count`` SR
                from ``addr`` as a WRITE packet (``dst_addr`` first) to ``(dst_x, dst_y)``
 DONE      3    ``tag``: when every earlier micro-op has finished, send a DONE packet with
                ``tag`` back to the micro-op's sender
+VECTOR    4    ``op | gated | length | limit``; ``a_addr | b_addr``; ``y_addr``; ``k1 | k2``:
+               one pass of the vector unit (sim/vector.py ``Command``) over ``length``
+               binary32 elements, one per word (its low half), from ``a_addr`` (and
+               ``b_addr``); a writing pass puts its results at ``y_addr`` on, the high
+               halves zero. The unit's registers (MEAN, SCALE, MAX) persist between VECTORs.
+               A tile built without a vector unit answers it as an unknown micro-op.
 ERROR     15   (sent by a tile) the error flags and the offending micro-op's kind
 ========= ==== ============================================================================
 
 WRITE packets are executed as they arrive; MATMUL, SEND and DONE are queued and executed in
 order, but a SEND ships its words while the micro-ops after it run (one SEND ships and one more
 waits; a third waits for the first), and a MATMUL starts while the results of the one before
-it are still being written (a SEND waits for the results it sends, a DONE for all). So a
+it are still being written (a SEND waits for the results it sends, a DONE for all); a VECTOR
+waits for every MATMUL's results and runs to its end before the next micro-op. So a
 program must not WRITE a region that a queued or running MATMUL or SEND still reads (the
-driver waits for an answer first); a MATMUL must not write the region of either of the last
-two SENDs before it, nor read or write the results region of the MATMUL before it, unless a
+driver waits for an answer first); a MATMUL or VECTOR must not write the region of either of
+the last two SENDs before it; a VECTOR's results may overwrite its operands in place or
+behind them, not ahead (result i is written after operand i is read); a MATMUL must not read or write the results region of the MATMUL before it, unless a
 DONE or an ERROR answer lies between them (:class:`TileModel` raises :class:`ProgramHazard`);
 and a MATMUL's result region must not overlap its operand regions (the engine re-reads the
 activations for every engine tile while it writes results).
@@ -44,10 +52,11 @@ import numpy as np
 
 from .dequant import matmul_q8
 from .gguf_blocks import FORMATS
+from .vector import Command as VectorCommand, Op as VectorOp, VectorModel
 
 
 __all__ = ["Kind", "Error", "TileGeometry", "TileModel", "ProgramHazard",
-           "write_packet", "matmul_packet", "send_packet", "done_packet",
+           "write_packet", "matmul_packet", "send_packet", "done_packet", "vector_packet",
            "weight_layout", "activation_layout", "unpack_fields", "pack_fields"]
 
 
@@ -56,6 +65,7 @@ class Kind(IntEnum):
     MATMUL = 1
     SEND = 2
     DONE = 3
+    VECTOR = 4
     ERROR = 15
 
 
@@ -68,6 +78,7 @@ class Error(IntEnum):
     MEMORY = 4      # an SRAM response with an uncorrectable error
     ENGINE = 5      # the matmul engine flagged its input
     POISON = 6      # a packet a router repaired (the NoC's poison mark)
+    VECTOR = 7      # the vector unit met a non-finite operand, result or register value
 
 
 #: SRAM words per beat of the engine's weight stream (two read ports).
@@ -83,6 +94,9 @@ FIELDS = {
     Kind.SEND: {"addr": (0, 0, 32), "count": (0, 32, 8),
                 "dst_x": (1, 0, 8), "dst_y": (1, 8, 8), "dst_addr": (1, 32, 32)},
     Kind.DONE: {"tag": (0, 0, 32)},
+    Kind.VECTOR: {"op": (0, 0, 5), "gated": (0, 5, 1), "length": (0, 16, 16),
+                  "limit": (0, 32, 16), "a_addr": (1, 0, 32), "b_addr": (1, 32, 32),
+                  "y_addr": (2, 0, 32), "k1": (3, 0, 32), "k2": (3, 32, 32)},
 }
 
 #: Words of each queued micro-op.
@@ -112,6 +126,8 @@ class TileGeometry:
     words: int = 4096               # sram_banks · sram_bank_depth
     word_bits: int = 64             # sram_width = flit_width
     packed: bool = True             # the array has the packed (two-lane) formats
+    vector: bool = True             # a vector unit (tile_vector)
+    vector_max_length: int = 16384
 
     @classmethod
     def from_config(cls, config):
@@ -119,7 +135,8 @@ class TileGeometry:
         return cls(rows=config.array_rows, cols=config.array_cols,
                    words=config.sram_banks * config.sram_bank_depth,
                    word_bits=config.sram_width,
-                   packed=any(f in PACKED_FORMATS for f in config.weight_formats))
+                   packed=any(f in PACKED_FORMATS for f in config.weight_formats),
+                   vector=config.tile_vector, vector_max_length=config.vector_max_length)
 
     def outputs_per_tile(self, fmt):
         return self.cols * (2 if fmt != "Q8_0" and self.packed else 1)
@@ -197,6 +214,7 @@ class TileModel:
         self.sending = []
         # The results region of the last MATMUL, while it may still be writing it.
         self.writing = None
+        self.vector = VectorModel(self.geometry.vector_max_length)
 
     def _error(self, bit, kind, src):
         self.errors |= 1 << bit
@@ -242,7 +260,7 @@ class TileModel:
                 return self._error(Error.RANGE, kind, src)
             self.sram[addr:addr + len(data)] = data
             return []
-        if kind not in WORDS:
+        if kind not in WORDS or (kind == Kind.VECTOR and not self.geometry.vector):
             return self._error(Error.KIND, kind, src)
         if len(words) != WORDS[kind]:
             return self._error(Error.LENGTH, kind, src)
@@ -259,7 +277,66 @@ class TileModel:
             self.sending = self.sending[1 - SENDS_IN_FLIGHT:] + [(f["addr"],
                                                                   f["addr"] + f["count"])]
             return [((f["dst_x"], f["dst_y"]), Kind.WRITE, [f["dst_addr"]] + data)]
+        if kind == Kind.VECTOR:
+            return self._vector(f, src)
         return self._matmul(f, src)
+
+    def vector_command(self, f):
+        """The vector unit's command of a VECTOR's fields, or None when the tile rejects it
+        (SHAPE): an op beyond the unit's, a length of 0 or above ``vector_max_length``, an odd
+        length for ROPE."""
+        if f["op"] >= len(VectorOp) or not 1 <= f["length"] <= self.geometry.vector_max_length:
+            return None
+        command = VectorCommand(VectorOp(f["op"]), f["length"], k1=f["k1"], k2=f["k2"],
+                                limit=f["limit"], gated=bool(f["gated"]))
+        return command if self.vector.valid(command) else None
+
+    def vector_regions(self, f, command):
+        """(start, end) of the a, b and result regions a VECTOR uses (b and the results only
+        when its op reads or writes them)."""
+        n = command.length
+        regions = {"a": (f["a_addr"], f["a_addr"] + n)}
+        if command.reads_b:
+            regions["b"] = (f["b_addr"], f["b_addr"] + n)
+        if command.writes:
+            regions["y"] = (f["y_addr"], f["y_addr"] + n)
+        return regions
+
+    def _vector(self, f, src):
+        command = self.vector_command(f)
+        if command is None:
+            return self._error(Error.SHAPE, Kind.VECTOR, src)
+        regions = self.vector_regions(f, command)
+        if any(end > self.geometry.words for _, end in regions.values()):
+            return self._error(Error.RANGE, Kind.VECTOR, src)
+        if "y" in regions:
+            y0, y1 = regions["y"]
+            for a, b in self.sending:
+                if y0 < b and a < y1:
+                    raise ProgramHazard(f"VECTOR writes SRAM {y0}..{y1 - 1}, which a SEND "
+                                        f"before it ({a}..{b - 1}) may still be reading")
+            # Result i is written after operand i is read, never before: in place or behind
+            # an operand is safe, ahead of it not.
+            for name in ("a", "b"):
+                if name in regions:
+                    a, b = regions[name]
+                    if y0 < b and a < y1 and y0 > a:
+                        raise ProgramHazard(f"VECTOR writes SRAM {y0}..{y1 - 1}, ahead of "
+                                            f"its operand {name} ({a}..{b - 1}) that it "
+                                            f"still reads")
+        # It waits for every MATMUL's results and finishes before the next micro-op.
+        self.writing = None
+        operands = {name: np.array([int(w) & 0xFFFFFFFF for w in self.sram[a:b]],
+                                   dtype=np.uint32)
+                    for name, (a, b) in regions.items() if name != "y"}
+        self.vector.nonfinite = False
+        out = self.vector.run(command, operands["a"], operands.get("b"))
+        if "y" in regions:
+            y0, y1 = regions["y"]
+            self.sram[y0:y1] = [int(v) for v in out]
+        if self.vector.nonfinite:
+            return self._error(Error.VECTOR, Kind.VECTOR, src)
+        return []
 
     def matmul_shape_ok(self, f):
         from rtl.config import WEIGHT_FORMATS
@@ -372,3 +449,10 @@ def send_packet(**fields):
 
 def done_packet(tag):
     return Kind.DONE, pack_fields(Kind.DONE, {"tag": tag})
+
+
+def vector_packet(**fields):
+    """A VECTOR; ``limit`` is ``length`` (nothing masked) and ``k1`` binary32 1.0 unless
+    given."""
+    fields = {"limit": fields.get("length", 0), "k1": 0x3F800000, **fields}
+    return Kind.VECTOR, pack_fields(Kind.VECTOR, fields)

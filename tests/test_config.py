@@ -93,5 +93,8 @@ def test_sram_options():
         TesseraConfig(sram_interleave="middle")
     with pytest.raises(TypeError, match=r"^sram_ecc must be True or False, not 1$"):
         TesseraConfig(sram_ecc=1)
+    with pytest.raises(TypeError, match=r"^tile_vector must be True or False, not 'no'$"):
+        TesseraConfig(tile_vector="no")
+    assert TesseraConfig().with_overrides(["tile_vector=false"]).tile_vector is False
     with pytest.raises(TypeError, match=r"^sram_ecc must be true or false, not 'yes'$"):
         TesseraConfig().with_overrides(["sram_ecc=yes"])

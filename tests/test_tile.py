@@ -314,3 +314,90 @@ def test_region_reader_step_is_checked():
         with pytest.raises(ValueError, match=r"^Region reader step must be a power of two, "
                                              r"not "):
             RegionReader(64, step=bad)
+
+
+def test_model_vector_is_the_vector_units_pass():
+    # A VECTOR reads one binary32 per word (the low half), writes its results with zero high
+    # halves, and keeps the unit's registers from one VECTOR to the next (RMS, then NORM).
+    from sim import vector as V
+    edge = (0, 1)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(24).astype(np.float32)
+    w = rng.standard_normal(24).astype(np.float32)
+    tile = T.TileModel()
+    junk = rng.integers(0, 1 << 32, 48, dtype=np.uint64) << np.uint64(32)
+    tile.receive(*T.write_packet(100, x.view(np.uint32).astype(np.uint64) | junk[:24]), edge)
+    tile.receive(*T.write_packet(200, w.view(np.uint32).astype(np.uint64) | junk[24:]), edge)
+    k1, k2 = int(np.float32(1 / 24).view(np.uint32)), int(np.float32(1e-5).view(np.uint32))
+    assert tile.receive(*T.vector_packet(op=V.Op.RMS, length=24, a_addr=100, k1=k1, k2=k2,
+                                         y_addr=0xFFFFFFFF), edge) == []
+    assert tile.receive(*T.vector_packet(op=V.Op.NORM, length=24, a_addr=100, b_addr=200,
+                                         y_addr=300), edge) == []
+    want = V.rmsnorm(V.VectorModel(), x, w, np.float32(1e-5)).view(np.uint32)
+    assert [int(v) for v in tile.sram[300:324]] == want.tolist()
+
+
+def test_model_answers_bad_vectors():
+    from sim import vector as V
+    edge = (0, 1)
+    tile = T.TileModel(T.TileGeometry(vector_max_length=100))
+
+    def answer(**fields):
+        fields = {"op": V.Op.ADD, "length": 8, "a_addr": 0, "b_addr": 8, "y_addr": 16,
+                  **fields}
+        (reply,) = tile.receive(*T.vector_packet(**fields), edge)
+        return reply[2][0]
+
+    shape, range_ = 1 << T.Error.SHAPE | 4 << 8, 1 << T.Error.RANGE | 4 << 8
+    assert answer(length=0) == shape
+    assert answer(length=101) == shape
+    assert answer(op=16) == shape
+    assert answer(op=V.Op.ROPE, length=7) == shape
+    assert answer(a_addr=4089) == range_
+    assert answer(b_addr=4089) == range_
+    assert answer(y_addr=4089) == range_
+    # Regions a pass does not use are not checked.
+    assert tile.receive(*T.vector_packet(op=V.Op.MAX, length=8, a_addr=4088, b_addr=1 << 31,
+                                         y_addr=1 << 31), edge) == []
+    # A non-finite operand: ERROR (VECTOR), the results written all the same.
+    tile.receive(*T.write_packet(0, [0x7F800000] + [0x3F800000] * 15), edge)
+    assert answer() == 1 << T.Error.VECTOR | 4 << 8
+    assert tile.sram[16] == 0x7F800000 and tile.sram[17] == 0x40000000
+    # A tile without a vector unit does not know the micro-op.
+    tile = T.TileModel(T.TileGeometry(vector=False))
+    assert answer() == 1 << T.Error.KIND | 4 << 8
+
+
+def test_model_refuses_a_vector_over_a_send_in_flight():
+    from sim import vector as V
+    edge = (0, 1)
+    tile = T.TileModel()
+    tile.receive(*T.send_packet(addr=310, count=4, dst_x=0, dst_y=1), edge)
+    with pytest.raises(T.ProgramHazard, match=r"^VECTOR writes SRAM 300\.\.315, which a "
+                                               r"SEND before it \(310\.\.313\) may still be "
+                                               r"reading$"):
+        tile.receive(*T.vector_packet(op=V.Op.SILU, length=16, a_addr=0, y_addr=300), edge)
+    # Results ahead of an operand would overwrite elements not yet read; in place is fine.
+    with pytest.raises(T.ProgramHazard, match=r"^VECTOR writes SRAM 401\.\.416, ahead of its "
+                                               r"operand b \(400\.\.415\) that it still "
+                                               r"reads$"):
+        tile.receive(*T.vector_packet(op=V.Op.ADD, length=16, a_addr=0, b_addr=400,
+                                      y_addr=401), edge)
+    assert tile.receive(*T.vector_packet(op=V.Op.ADD, length=16, a_addr=400, b_addr=399,
+                                         y_addr=399), edge) == []
+    # Reading it is fine, and a reduction writes nothing.
+    assert tile.receive(*T.vector_packet(op=V.Op.SILU, length=16, a_addr=300, y_addr=0),
+                        edge) == []
+    assert tile.receive(*T.vector_packet(op=V.Op.MAX, length=16, a_addr=0, y_addr=300),
+                        edge) == []
+
+
+def test_tile_without_vector_unit_is_smaller():
+    # tile_vector=False leaves the vector unit out of the elaborated tile.
+    from amaranth.hdl import Fragment
+    from rtl.tiles.tile import Tile
+    names = {}
+    for vector in (True, False):
+        fragment = Fragment.get(Tile(TesseraConfig(tile_vector=vector)), None)
+        names[vector] = {sub[1] for sub in fragment.subfragments}
+    assert "vector" in names[True] and "vector" not in names[False]

@@ -1,7 +1,7 @@
 """Compute tile: SRAM, matmul engine and a sequencer that executes the micro-ops arriving as
 NoC packets (docs/tile.md; golden model sim/tile.py)."""
 
-from amaranth.hdl import Array, Assert, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Assert, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,6 +13,7 @@ from .matmul import WEIGHT_WORDS, MatmulEngine
 from .reader import RegionReader
 from .sram import SRAM, SRAMError
 from .unpack import BLOCK_GEOMETRY
+from .vector import Op as VectorOp, VectorUnit, reads_b, writes
 
 
 __all__ = ["Tile", "Kind", "Error", "TILE_SRAM_PORTS", "QUEUE_DEPTH"]
@@ -24,6 +25,7 @@ class Kind(enum.Enum, shape=4):
     MATMUL = 1
     SEND = 2
     DONE = 3
+    VECTOR = 4
     ERROR = 15
 
 
@@ -36,19 +38,22 @@ class Error(enum.IntEnum):
     MEMORY = 4
     ENGINE = 5
     POISON = 6
+    VECTOR = 7
 
 
 #: The tile's SRAM ports: packets' data in, the engine's operand streams (the weights through
 #: two ports, even and odd words, WEIGHT_WORDS per beat), its results, and the words a SEND
-#: ships.
+#: ships. A VECTOR reads its operands through the ``act`` and ``scale`` ports and writes its
+#: results through ``result``: it never runs beside a MATMUL.
 TILE_SRAM_PORTS = {"fill": "w", "weight": "r", "weight_odd": "r", "act": "r", "scale": "r",
                    "result": "w", "send": "r"}
 
-#: Queued micro-ops (MATMUL, SEND, DONE, and errors to report) the tile holds while one runs.
+#: Queued micro-ops (MATMUL, VECTOR, SEND, DONE, and errors to report) the tile holds while one
+#: runs.
 QUEUE_DEPTH = 8
 
 #: Operand words of the queued micro-ops.
-_WORDS = {Kind.MATMUL: 4, Kind.SEND: 2, Kind.DONE: 1}
+_WORDS = {Kind.MATMUL: 4, Kind.SEND: 2, Kind.DONE: 1, Kind.VECTOR: 4}
 _MAX_WORDS = max(_WORDS.values())
 
 #: Weight bytes per 32 elements, times 8 (TQ2_0's 66-byte blocks hold 256 elements).
@@ -64,11 +69,12 @@ class Tile(wiring.Component):
     """A compute tile without its network interface: it takes the packets its interface
     receives and gives the interface the packets it sends.
 
-    WRITE packets are written to SRAM as they arrive. MATMUL, SEND and DONE micro-ops (and
-    the reports of bad packets) wait in a queue of ``QUEUE_DEPTH`` and run in order, with
+    WRITE packets are written to SRAM as they arrive. MATMUL, VECTOR, SEND and DONE micro-ops
+    (and the reports of bad packets) wait in a queue of ``QUEUE_DEPTH`` and run in order, with
     overlap where the program's ordering rules allow it (docs/tile.md): a MATMUL starts while
-    the one before still writes its results, and SENDs ship while later micro-ops run; DONE
-    and ERROR answers wait for everything before them. A micro-op that cannot run (unknown
+    the one before still writes its results, and SENDs ship while later micro-ops run; a
+    VECTOR waits for every MATMUL's results and runs to its end; DONE and ERROR answers wait
+    for everything before them. A micro-op that cannot run (unknown
     kind, wrong length, a region beyond the SRAM, a matmul the engine cannot take) sets its bit in ``errors`` and is answered with an ERROR
     packet to its sender, and the tile goes on with the next. So is a packet with the NoC's
     ``poison`` mark (a router repaired it), whatever else is wrong with it; of a poisoned WRITE
@@ -77,7 +83,8 @@ class Tile(wiring.Component):
     Parameters
     ----------
     config : TesseraConfig
-        Array, formats, SRAM and flit format.
+        Array, formats, SRAM, flit format, and whether the tile has a vector unit
+        (``tile_vector``, ``vector_max_length``).
 
     Members
     -------
@@ -92,7 +99,8 @@ class Tile(wiring.Component):
     clear : ``In(1)``
         Clears ``errors``.
     busy : ``Out(1)``
-        A micro-op is queued or running, a SEND is shipping, or results are being written.
+        A micro-op is queued or running, a SEND is shipping, results are being written, or
+        the vector unit is busy.
     """
 
     def __init__(self, config):
@@ -156,6 +164,9 @@ class Tile(wiring.Component):
             "words": data.ArrayLayout(width, _MAX_WORDS),
         })
         m.submodules.queue = queue = StreamFIFO(op_layout, QUEUE_DEPTH)
+        # Without a vector unit, VECTOR is an unknown micro-op.
+        op_words = {kind: count for kind, count in _WORDS.items()
+                    if kind != Kind.VECTOR or config.tile_vector}
 
         # ---- Receive ---------------------------------------------------------------------
         header = self.i_header.payload.header
@@ -190,7 +201,7 @@ class Tile(wiring.Component):
                     for i in range(_MAX_WORDS):
                         m.d.sync += rx.words[i].eq(0)
                     known = Const(0, 1)
-                    for kind, count in _WORDS.items():
+                    for kind, count in op_words.items():
                         with m.If(header.kind == kind):
                             with m.If(header.length != count):
                                 m.d.sync += report.eq(Error.LENGTH)
@@ -291,6 +302,14 @@ class Tile(wiring.Component):
         xs_addr, y_addr = _field(w, 2, 0, 32), _field(w, 2, 32, 32)
         y_stride, groups = _field(w, 3, 0, 32), _field(w, 3, 32, 8)
         send_addr, send_count = _field(w, 0, 0, 32), _field(w, 0, 32, 8)
+        v_op, v_gated = _field(w, 0, 0, 5), _field(w, 0, 5, 1)
+        v_length, v_limit = _field(w, 0, 16, 16), _field(w, 0, 32, 16)
+        a_addr, b_addr, v_y_addr = _field(w, 1, 0, 32), _field(w, 1, 32, 32), _field(w, 2, 0, 32)
+        v_reads_b, v_writes = reads_b(v_op, v_gated), writes(v_op)
+        # A VECTOR has the act and scale readers and the result port to itself while it runs.
+        vec_active = Signal()
+        vec_left = Signal(16)           # its results still to be written
+        vec_addr = Signal(32)           # where its next result goes
 
         is_q8 = mode == mode_code("Q8_0")
         outputs = Signal(24)            # N = tiles · G
@@ -343,6 +362,28 @@ class Tile(wiring.Component):
             m.d.sync += [reply_kind.eq(Kind.ERROR), reply_word.eq((1 << bit) | (kind.value << 8))]
             m.next = "REPLY"
 
+        def hand_out(starts):
+            # Offer each command until its stream takes it; true once all have been taken.
+            done = Const(1, 1)
+            for i, (port, fields) in enumerate(starts):
+                m.d.comb += port.valid.eq(~sent[i])
+                for name, value in fields.items():
+                    m.d.comb += Value.cast(getattr(port.payload, name)).eq(value)
+                with m.If(port.valid & port.ready):
+                    m.d.sync += sent[i].eq(1)
+                done = done & (sent[i] | port.ready)
+            return done
+
+        def report(memory, unit, unit_bit, kind):
+            # After a MATMUL or VECTOR: what went wrong reading SRAM or in its unit.
+            bits = Mux(memory, 1 << Error.MEMORY, 0) | Mux(unit, 1 << unit_bit, 0)
+            with m.If(memory | unit):
+                m.d.comb += ex_raise.eq(bits)
+                m.d.sync += [reply_kind.eq(Kind.ERROR), reply_word.eq(bits | (kind.value << 8))]
+                m.next = "REPLY"
+            with m.Else():
+                m.next = "IDLE"
+
         tx = self.o_header.payload
 
         def answer_header(kind, src):
@@ -360,6 +401,9 @@ class Tile(wiring.Component):
                             m.next = "MATMUL_SIZE"
                         with m.Case(Kind.SEND):
                             m.next = "SEND_CHECK"
+                        if config.tile_vector:
+                            with m.Case(Kind.VECTOR):
+                                m.next = "VECTOR_SIZE"
                         with m.Case(Kind.DONE):
                             m.d.sync += [reply_kind.eq(Kind.DONE),
                                          reply_word.eq(queue.o.payload.words[0][:32])]
@@ -481,16 +525,7 @@ class Tile(wiring.Component):
                     (scales.i_cmd, {"addr": xs_addr, "count": blocks * xs_words,
                                     "repeat": tiles, "segments": groups}),
                 ]
-                for i, (port, fields) in enumerate(starts):
-                    m.d.comb += port.valid.eq(~sent[i])
-                    for name, value in fields.items():
-                        m.d.comb += getattr(port.payload, name).eq(value)
-                    with m.If(port.valid & port.ready):
-                        m.d.sync += sent[i].eq(1)
-                done = Const(1, 1)
-                for i, (port, _) in enumerate(starts):
-                    done = done & (sent[i] | port.ready)
-                with m.If(done):
+                with m.If(hand_out(starts)):
                     # The engine took the command: the MATMUL has its slot.
                     m.d.sync += slot.eq(~slot)
                     for p in range(2):
@@ -506,16 +541,55 @@ class Tile(wiring.Component):
                     m.next = "MATMUL_ERRORS"
             # Report what went wrong reading SRAM or in the engine.
             with m.State("MATMUL_ERRORS"):
-                memory = weights.error | weights_odd.error | acts.error | scales.error
-                bits = (Mux(memory, 1 << Error.MEMORY, 0)
-                        | Mux(engine_error, 1 << Error.ENGINE, 0))
-                with m.If(memory | engine_error):
-                    m.d.comb += ex_raise.eq(bits)
-                    m.d.sync += [reply_kind.eq(Kind.ERROR),
-                                 reply_word.eq(bits | (Kind.MATMUL.value << 8))]
-                    m.next = "REPLY"
-                with m.Else():
-                    m.next = "IDLE"
+                report(weights.error | weights_odd.error | acts.error | scales.error,
+                       engine_error, Error.ENGINE, Kind.MATMUL)
+
+            # VECTOR: one pass of the vector unit over SRAM, one binary32 element per word
+            # (the low half), run to its end: its results are in SRAM and any register it
+            # computes is written before the next micro-op starts.
+            if config.tile_vector:
+                m.submodules.vector = vector = VectorUnit.from_config(config)
+                with m.State("VECTOR_SIZE"):
+                    m.d.sync += [
+                        ends[0].eq(a_addr + v_length), ends[1].eq(b_addr + v_length),
+                        ends[2].eq(v_y_addr + v_length),
+                        shape_ok.eq((v_op < len(VectorOp)) & (v_length != 0)
+                                    & (v_length <= config.vector_max_length)
+                                    & ~((v_op == VectorOp.ROPE.value) & v_length[0])),
+                    ]
+                    m.next = "VECTOR_CHECK"
+                with m.State("VECTOR_CHECK"):
+                    # Its operands may be a MATMUL's results, and it shares their write port.
+                    with m.If(results_done):
+                        with m.If(~shape_ok):
+                            reject(Error.SHAPE, Kind.VECTOR)
+                        with m.Elif((ends[0] > size) | (v_reads_b & (ends[1] > size))
+                                    | (v_writes & (ends[2] > size))):
+                            reject(Error.RANGE, Kind.VECTOR)
+                        with m.Else():
+                            m.d.sync += [sent.eq(0), vec_active.eq(1), vec_addr.eq(v_y_addr),
+                                         vec_left.eq(Mux(v_writes, v_length, 0))]
+                            m.next = "VECTOR_START"
+                with m.State("VECTOR_START"):
+                    starts = [
+                        (vector.i_cmd, {"op": v_op, "length": v_length, "limit": v_limit,
+                                        "gated": v_gated, "quantize": 0,
+                                        "k1": _field(w, 3, 0, 32), "k2": _field(w, 3, 32, 32)}),
+                        (acts.i_cmd, {"addr": a_addr, "count": v_length, "repeat": 1,
+                                      "segments": 1}),
+                        (scales.i_cmd, {"addr": b_addr, "count": Mux(v_reads_b, v_length, 0),
+                                        "repeat": 1, "segments": 1}),
+                    ]
+                    with m.If(hand_out(starts)):
+                        m.next = "VECTOR_WAIT"
+                with m.State("VECTOR_WAIT"):
+                    with m.If(~vector.busy & ~acts.busy & ~scales.busy & (vec_left == 0)):
+                        m.d.sync += vec_active.eq(0)
+                        m.next = "VECTOR_ERRORS"
+                with m.State("VECTOR_ERRORS"):
+                    report(acts.error | scales.error,
+                           vector.errors.nonfinite | vector.errors.command, Error.VECTOR,
+                           Kind.VECTOR)
         # Reader and engine flags are per micro-op: reported once, cleared with the next.
         clear_flags = Signal()
         m.d.comb += clear_flags.eq(queue.o.valid & queue.o.ready)
@@ -523,6 +597,8 @@ class Tile(wiring.Component):
                      acts.clear.eq(clear_flags),
                      scales.clear.eq(clear_flags),
                      engine.clear.eq(clear_flags)]
+        if config.tile_vector:
+            m.d.comb += vector.clear.eq(clear_flags)
         m.d.comb += engine_error.eq(engine.errors.as_value().any())
 
         # ---- Send unit: a SEND's region as a WRITE packet, dst_addr first ----------------
@@ -593,6 +669,16 @@ class Tile(wiring.Component):
         # A weight beat is an even word and the odd word after it; when the region has an
         # odd number of words, its last beat is the last even word alone.
         single = weights.o.payload.last & w_words[0]
+        # While a VECTOR runs, the act and scale readers feed the vector unit instead.
+        vec_a_ready = vec_b_ready = 0
+        if config.tile_vector:
+            m.d.comb += [
+                vector.i_a.valid.eq(acts.o.valid & vec_active),
+                vector.i_a.payload.eq(acts.o.payload.data[:32]),
+                vector.i_b.valid.eq(scales.o.valid & vec_active),
+                vector.i_b.payload.eq(scales.o.payload.data[:32]),
+            ]
+            vec_a_ready, vec_b_ready = vector.i_a.ready, vector.i_b.ready
         m.d.comb += [
             engine.i_w.valid.eq(weights.o.valid & (weights_odd.o.valid | single)),
             engine.i_w.payload.data.eq(Cat(weights.o.payload.data,
@@ -603,27 +689,27 @@ class Tile(wiring.Component):
             engine.i_w.payload.last.eq(weights.o.payload.last),
             weights.o.ready.eq(engine.i_w.valid & engine.i_w.ready),
             weights_odd.o.ready.eq(engine.i_w.valid & engine.i_w.ready & ~single),
-            engine.i_x.valid.eq(acts.o.valid),
+            engine.i_x.valid.eq(acts.o.valid & ~vec_active),
             engine.i_x.payload.eq(acts.o.payload.data[:rows * 8]),
-            acts.o.ready.eq(engine.i_x.ready),
+            acts.o.ready.eq(Mux(vec_active, vec_a_ready, engine.i_x.ready)),
         ]
         # xs_words SRAM words make one beat of activation scales.
         if xs_words == 1:
             m.d.comb += [
-                engine.i_xs.valid.eq(scales.o.valid),
+                engine.i_xs.valid.eq(scales.o.valid & ~vec_active),
                 engine.i_xs.payload.eq(scales.o.payload.data),
-                scales.o.ready.eq(engine.i_xs.ready),
+                scales.o.ready.eq(Mux(vec_active, vec_b_ready, engine.i_xs.ready)),
             ]
         else:
             held = Signal(width * (xs_words - 1))
             part = Signal(range(xs_words))
             final = part == xs_words - 1
             m.d.comb += [
-                engine.i_xs.valid.eq(scales.o.valid & final),
+                engine.i_xs.valid.eq(scales.o.valid & final & ~vec_active),
                 engine.i_xs.payload.eq(Cat(held, scales.o.payload.data)),
-                scales.o.ready.eq(~final | engine.i_xs.ready),
+                scales.o.ready.eq(Mux(vec_active, vec_b_ready, ~final | engine.i_xs.ready)),
             ]
-            with m.If(scales.o.valid & scales.o.ready):
+            with m.If(scales.o.valid & scales.o.ready & ~vec_active):
                 m.d.sync += part.eq(Mux(final, 0, part + 1))
                 with m.If(~final):
                     m.d.sync += held.eq(Cat(held[width:], scales.o.payload.data))
@@ -637,21 +723,37 @@ class Tile(wiring.Component):
         m.submodules.result_slots = result_slots = StreamFIFO(1, 64)
         base = Mux(result.command, Array(row_base[1])[result.row],
                    Array(row_base[0])[result.row])
-        m.d.comb += [
-            results.i.valid.eq(engine.o.valid & result_slots.i.ready),
-            results.i.payload.addr.eq(base + result.col),
-            results.i.payload.data.eq(result.value),
-            engine.o.ready.eq(results.i.ready & result_slots.i.ready),
-            result_slots.i.valid.eq(engine.o.valid & results.i.ready),
-            result_slots.i.payload.eq(result.command),
-            sram.o_result.ready.eq(1),
-            result_slots.o.ready.eq(sram.o_result.valid),
-        ]
+        with m.If(~vec_active):
+            m.d.comb += [
+                results.i.valid.eq(engine.o.valid & result_slots.i.ready),
+                results.i.payload.addr.eq(base + result.col),
+                results.i.payload.data.eq(result.value),
+                engine.o.ready.eq(results.i.ready & result_slots.i.ready),
+                result_slots.i.valid.eq(engine.o.valid & results.i.ready),
+                result_slots.i.payload.eq(result.command),
+                result_slots.o.ready.eq(sram.o_result.valid),
+            ]
+        if config.tile_vector:
+            # A VECTOR's results go to consecutive words; the MATMULs' are all written.
+            with m.If(vec_active):
+                m.d.comb += [
+                    results.i.valid.eq(vector.o.valid),
+                    results.i.payload.addr.eq(vec_addr),
+                    results.i.payload.data.eq(vector.o.payload.value),
+                    vector.o.ready.eq(results.i.ready),
+                ]
+                with m.If(results.i.valid & results.i.ready):
+                    m.d.sync += vec_addr.eq(vec_addr + 1)
+                with m.If(sram.o_result.valid):
+                    m.d.sync += vec_left.eq(vec_left - 1)
+            # Its Q8_0 output is not used: a VECTOR never sets quantize.
+            m.d.comb += vector.o_q8.ready.eq(1)
+        m.d.comb += sram.o_result.ready.eq(1)
         wiring.connect(m, results.o, sram.i_result)
-        m.d.sync += Assert(~sram.o_result.valid | result_slots.o.valid,
+        m.d.sync += Assert(~sram.o_result.valid | result_slots.o.valid | vec_active,
                            "Tile: a result written that was not sent")
         for p in range(2):
-            with m.If(sram.o_result.valid & (result_slots.o.payload == p)):
+            with m.If(sram.o_result.valid & ~vec_active & (result_slots.o.payload == p)):
                 m.d.sync += left[p].eq(left[p] - 1)
         m.d.comb += results_done.eq((left[0] == 0) & (left[1] == 0))
         blocked = Const(0, 1)
@@ -668,6 +770,7 @@ class Tile(wiring.Component):
         m.d.comb += [
             self.errors.eq(errors),
             self.busy.eq(queue.o.valid | ~queue.o.ready | queue.i.valid | send_busy
-                         | ~results_done),
+                         | ~results_done | vec_active
+                         | (vector.busy if config.tile_vector else 0)),
         ]
         return m

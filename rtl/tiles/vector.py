@@ -16,8 +16,8 @@ from ..stream_rules import assert_stream_rules
 from .quantizer import BLOCK, OUTPUT_LAYOUT as Q8_0_LAYOUT, Q8_0Quantizer
 
 
-__all__ = ["VectorUnit", "Op", "COMMAND_LAYOUT", "OUTPUT_LAYOUT", "ERROR_LAYOUT", "SUM_LANES",
-           "MAX_LENGTH"]
+__all__ = ["VectorUnit", "Op", "reads_b", "writes", "COMMAND_LAYOUT", "OUTPUT_LAYOUT",
+           "ERROR_LAYOUT", "SUM_LANES", "MAX_LENGTH"]
 
 
 class Op(enum.Enum, shape=5):
@@ -117,13 +117,15 @@ def _is_nan(x):
     return _nonfinite(x) & (_bits(x)[:23] != 0)
 
 
-def _reads_b(op, gated):
+def reads_b(op, gated):
+    """Whether a command of ``op`` (and ``gated``) reads operand stream ``b``."""
     return ((op == Op.ADD) | (op == Op.MUL) | (op == Op.NORM) | (op == Op.ROPE)
             | (op == Op.POLY) | (op == Op.GAUSS) | (op == Op.GELU_ERF)
             | (((op == Op.SILU) | (op == Op.GELU)) & gated))
 
 
-def _writes(op):
+def writes(op):
+    """Whether a command of ``op`` writes results (the others fold into a register)."""
     return ~((op == Op.MEAN) | (op == Op.VAR) | (op == Op.RMS) | (op == Op.MAX))
 
 
@@ -335,9 +337,9 @@ class VectorUnit(wiring.Component):
         out_side = res.payload.side
         value = res.payload.value
         is_element = out_side.kind == _ELEMENT
-        writes = is_element & _writes(out_side.op)
-        to_output = writes & ~out_side.quantize
-        to_quantizer = writes & out_side.quantize
+        written = is_element & writes(out_side.op)
+        to_output = written & ~out_side.quantize
+        to_quantizer = written & out_side.quantize
         masked_value = Mux(out_side.masked,
                            Mux(out_side.op == Op.MAX, _NEG_INF, 0), value.as_value())
         m.submodules.quantizer = quantizer = Q8_0Quantizer()
@@ -357,7 +359,7 @@ class VectorUnit(wiring.Component):
         m.d.sync += in_quantizer.eq(in_quantizer + (quantizer.i.valid & quantizer.i.ready)
                                     - (self.o_q8.valid & self.o_q8.ready))
         taken = res.valid & res.ready
-        with m.If(taken & writes & _nonfinite(masked_value)):
+        with m.If(taken & written & _nonfinite(masked_value)):
             m.d.sync += nonfinite.eq(1)
 
         # Sum reduction: SUM_LANES partials through one adder that never stalls.
@@ -473,7 +475,7 @@ class VectorUnit(wiring.Component):
         # ---- Command front end -----------------------------------------------------------
         cmd = Signal(COMMAND_LAYOUT)
         index = Signal(16)
-        reads_b = _reads_b(cmd.op, cmd.gated)
+        cmd_reads_b = reads_b(cmd.op, cmd.gated)
         fin_kind = Mux(red_op == Op.MEAN, _FIN_MEAN, Mux(red_op == Op.EXP, _FIN_RECIP,
                                                           _FIN_RSQRT))
         # RoPE holds a pair's first element and table entry until the second arrives.
@@ -489,7 +491,7 @@ class VectorUnit(wiring.Component):
         front_valid = Signal()
         take = Signal()             # consume one element of a (and b)
         running = Signal()          # taking the elements of a valid command
-        operands = self.i_a.valid & (self.i_b.valid | ~reads_b)
+        operands = self.i_a.valid & (self.i_b.valid | ~cmd_reads_b)
 
         fin_active = fin_ready & ~fin_sent
         m.d.comb += [
@@ -532,7 +534,7 @@ class VectorUnit(wiring.Component):
                 new = self.i_cmd.payload
                 bad = ((new.length == 0) | (new.length > self.max_length)
                        | ((new.op == Op.ROPE) & new.length[0])
-                       | (new.quantize & ((new.length % BLOCK != 0) | ~_writes(new.op)))
+                       | (new.quantize & ((new.length % BLOCK != 0) | ~writes(new.op)))
                        | ~((new.op.as_value() <= Op.GELU_ERF.value)))
                 wait = ((_waits_for_sum(new.op) & pending_sum)
                         | (_waits_for_max(new.op) & pending_max))
@@ -624,9 +626,9 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += [
             self.i_a.ready.eq(take),
-            self.i_b.ready.eq(take & reads_b),
+            self.i_b.ready.eq(take & cmd_reads_b),
         ]
-        with m.If(take & running & (_nonfinite(a_value) | (reads_b & _nonfinite(b_value)))):
+        with m.If(take & running & (_nonfinite(a_value) | (cmd_reads_b & _nonfinite(b_value)))):
             m.d.sync += nonfinite.eq(1)
 
         m.d.comb += [
