@@ -95,6 +95,11 @@ class TesseraConfig:
     tile_vector : bool
         Build a vector unit into each tile (the VECTOR micro-op). Without it a tile answers
         VECTOR as an unknown micro-op; it saves about 34k LUT4 and 108 DSPs per tile.
+    term_lanes : int
+        Dequant pipelines of each tile's matmul engine (docs/matmul.md): 0 (the default)
+        takes as many as keep the array at full rate in prefill (4 at 8 × 8), 1 builds the
+        decode-sized engine; otherwise a power of two up to 16 (and at most the engine's
+        outputs per array word, which the engine checks).
     """
 
     mesh_x: int = 2
@@ -111,6 +116,7 @@ class TesseraConfig:
     sram_interleave: str = "low"
     vector_max_length: int = 16384
     tile_vector: bool = True
+    term_lanes: int = 0
 
     def __post_init__(self):
         _check_int("mesh_x", self.mesh_x, low=1, high=16)
@@ -124,6 +130,10 @@ class TesseraConfig:
                    power_of_two=True)
         _check_int("sram_width", self.sram_width, low=8, high=512, multiple_of=8)
         _check_int("vector_max_length", self.vector_max_length, low=2, high=65535)
+        _check_int("term_lanes", self.term_lanes, low=0, high=16)
+        if self.term_lanes and not _is_power_of_two(self.term_lanes):
+            raise ValueError(f"term_lanes must be 0 (automatic) or a power of two from 1 to "
+                             f"16, not {self.term_lanes!r}")
 
         # The head flit carries the whole header, whose coordinate fields grow with the mesh.
         from .noc.flit import FlitFormat

@@ -26,6 +26,9 @@ def test_defaults_are_the_2x2_demo_configuration():
     ("sram_width", 12, r"^sram_width must be a multiple of 8 from 8 to 512, not 12$"),
     ("vector_max_length", 65536,
      r"^vector_max_length must be an integer from 2 to 65535, not 65536$"),
+    ("term_lanes", 3, r"^term_lanes must be 0 \(automatic\) or a power of two from 1 to 16, "
+                      r"not 3$"),
+    ("term_lanes", 32, r"^term_lanes must be an integer from 0 to 16, not 32$"),
     ("weight_formats", (), r"^weight_formats must name at least one of Q8_0, Q4_0, Q4_1, "
                            r"MXFP4, TQ2_0, not \(\)$"),
     ("weight_formats", ("Q8_0", "Q5_K"), r"^weight_formats entry 'Q5_K' is not a known format; "

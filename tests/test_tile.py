@@ -401,3 +401,13 @@ def test_tile_without_vector_unit_is_smaller():
         fragment = Fragment.get(Tile(TesseraConfig(tile_vector=vector)), None)
         names[vector] = {sub[1] for sub in fragment.subfragments}
     assert "vector" in names[True] and "vector" not in names[False]
+
+
+def test_term_lanes_reach_the_engine():
+    # term_lanes=1 is the decode-sized engine; 0 picks the engine's own default (4 at 8 × 8).
+    from rtl.tiles.matmul import MatmulEngine
+    assert MatmulEngine.from_config(TesseraConfig(term_lanes=1)).term_lanes == 1
+    assert MatmulEngine.from_config(TesseraConfig()).term_lanes == 4
+    with pytest.raises(ValueError, match=r"^Matmul engine term lanes must be a power of two "
+                                         r"from 1 to 8, not 16$"):
+        MatmulEngine.from_config(TesseraConfig(array_rows=2, array_cols=4, term_lanes=16))

@@ -137,7 +137,8 @@ class MatmulEngine(wiring.Component):
     def from_config(cls, config):
         return cls(rows=config.array_rows, cols=config.array_cols,
                    formats=config.weight_formats,
-                   byte_width=WEIGHT_WORDS * config.sram_width // 8)
+                   byte_width=WEIGHT_WORDS * config.sram_width // 8,
+                   term_lanes=config.term_lanes or None)
 
     rows = property(lambda self: self._rows)
     cols = property(lambda self: self._cols)
