@@ -74,9 +74,10 @@ class Tile(wiring.Component):
     overlap where the program's ordering rules allow it (docs/tile.md): a MATMUL starts while
     the one before still writes its results, and SENDs ship while later micro-ops run; a
     VECTOR waits for every MATMUL's results and runs to its end; DONE and ERROR answers wait
-    for everything before them. A micro-op that cannot run (unknown
-    kind, wrong length, a region beyond the SRAM, a matmul the engine cannot take) sets its bit in ``errors`` and is answered with an ERROR
-    packet to its sender, and the tile goes on with the next. So is a packet with the NoC's
+    for everything before them. A micro-op that cannot run (unknown kind, wrong length, a
+    region beyond the SRAM, a matmul the engine or a pass the vector unit cannot take) sets
+    its bit in ``errors`` and is answered with an ERROR packet to its sender, and the tile
+    goes on with the next. So is a packet with the NoC's
     ``poison`` mark (a router repaired it), whatever else is wrong with it; of a poisoned WRITE
     the words before the last are already in SRAM, the last is not written.
 
