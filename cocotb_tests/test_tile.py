@@ -852,9 +852,12 @@ def vector_programs(geometry, model, nrng, prng, senders):
     unit = TileVector(prog, Regions(prng, size))
     x, z = _floats(nrng, 40), _floats(nrng, 40)
     x[5], z[17] = np.inf, np.nan
-    for op in (vec.Op.ADD, vec.Op.RMS):
-        command = vec.Command(op, 40, k1=vec._k(1 / 40))
-        f = unit.fields(command, x, z)
+    # The last: finite operands, but RMS of zeros with ε = 0 makes SCALE = 1/√0 = +inf, a
+    # register the unit writes after its last element: the answer must wait for it.
+    zeros = np.zeros(40, dtype=np.float32)
+    for op, a in ((vec.Op.ADD, x), (vec.Op.RMS, x), (vec.Op.RMS, zeros)):
+        command = vec.Command(op, 40, k1=vec._k(1 / 40), k2=0)
+        f = unit.fields(command, a, z)
         (reply,) = prog.add(*vector_packet(**f))
         assert reply[1] == Kind.ERROR and reply[2] == [(1 << Error.VECTOR)
                                                        | (Kind.VECTOR << 8)]
