@@ -73,10 +73,12 @@ class RegionReader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         base = Signal(self._address_width)     # of the segment being requested
+        # The next request's address, kept in a register: it goes straight into the SRAM's
+        # range check and bank arbitration, which must not start behind an adder.
+        addr = Signal(self._address_width)
         count = Signal(32)
         repeat = Signal(16)
         segments = Signal(16)
-        shift = (self._step - 1).bit_length()
         index = Signal(32)          # of the next request within the segment
         round_ = Signal(16)         # segment pass of the next request
         segment = Signal(16)        # of the next request
@@ -93,6 +95,7 @@ class RegionReader(wiring.Component):
             empty = (new.count == 0) | (new.repeat == 0) | (new.segments == 0)
             m.d.sync += [
                 base.eq(new.addr),
+                addr.eq(new.addr),
                 count.eq(new.count),
                 repeat.eq(new.repeat),
                 segments.eq(new.segments),
@@ -103,17 +106,21 @@ class RegionReader(wiring.Component):
 
         m.d.comb += [
             self.o_req.valid.eq(requesting),
-            self.o_req.payload.addr.eq(base + (index << shift)),
+            self.o_req.payload.addr.eq(addr),
         ]
         sent = self.o_req.valid & self.o_req.ready
         with m.If(sent):
-            m.d.sync += index.eq(index + 1)
+            m.d.sync += [index.eq(index + 1), addr.eq(addr + self._step)]
             with m.If(index == count - 1):
                 m.d.sync += [index.eq(0), round_.eq(round_ + 1)]
                 with m.If(round_ == repeat - 1):
-                    m.d.sync += [round_.eq(0), segment.eq(segment + 1), base.eq(base + (count << shift))]
+                    # The next segment starts where this one ends.
+                    m.d.sync += [round_.eq(0), segment.eq(segment + 1),
+                                 base.eq(addr + self._step)]
                     with m.If(segment == segments - 1):
                         m.d.sync += requesting.eq(0)
+                with m.Else():
+                    m.d.sync += addr.eq(base)
 
         resp = self.i_resp
         m.d.comb += [
