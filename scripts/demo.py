@@ -129,6 +129,10 @@ def area_rows():
     """ECP5 rows (block, LUT4, FF, DSP, BRAM, Fmax, source) of the mesh's blocks, from the
     generated docs tables (``| Block | Target | LUT4 | FF | CCU2 | DSP | BRAM | LUT RAM |
     Fmax |``)."""
+    def table_rows(path):
+        for line in path.read_text().splitlines():
+            yield [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+
     rows = []
     for doc, names in (("area.md", ("sram", "mac_array", "unpack", "dequant", "router",
                                     "noc_interface", "mesh")),
@@ -136,16 +140,14 @@ def area_rows():
         path = REPO / "docs" / doc
         if not path.exists():
             continue
-        for line in path.read_text().splitlines():
-            cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        for cells in table_rows(path):
             if len(cells) == 9 and cells[0] in names and cells[1] == "ecp5":
                 rows.append((cells[0], cells[2], cells[3], cells[5], cells[6], cells[8], doc))
     # The vector unit's own benchmark has ECP5 only: | Block | LUT4 | FF | CCU2 | MULT18X18D |
     # DP16KD | LUT RAM | Fmax (MHz) |.
     path = REPO / "docs" / "vector_performance.md"
     if path.exists():
-        for line in path.read_text().splitlines():
-            cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        for cells in table_rows(path):
             if len(cells) == 8 and cells[0] == "vector_unit":
                 rows.append((cells[0], cells[1], cells[2], cells[4], cells[5], cells[7],
                              path.name))

@@ -285,7 +285,7 @@ class TileModel:
         """The vector unit's command of a VECTOR's fields, or None when the tile rejects it
         (SHAPE): an op beyond the unit's, a length of 0 or above ``vector_max_length``, an odd
         length for ROPE."""
-        if f["op"] >= len(VectorOp) or not 1 <= f["length"] <= self.geometry.vector_max_length:
+        if f["op"] >= len(VectorOp):
             return None
         command = VectorCommand(VectorOp(f["op"]), f["length"], k1=f["k1"], k2=f["k2"],
                                 limit=f["limit"], gated=bool(f["gated"]))
