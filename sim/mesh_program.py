@@ -1,29 +1,36 @@
 """Driver of the tile mesh: a distributed matmul y = W · x as a stream of micro-op packets
 entering at the edge port, and the golden model of the whole mesh (docs/tile.md).
 
-**Split.** The N output rows of W are split across the T = X·Y tiles (tensor parallel): tile
-t computes rows [t·N/T, (t+1)·N/T). Its weights stream into its SRAM one *chunk* (G rows,
-one engine tile) at a time, into two buffers in turn, while it computes on the other.
+**Split.** x's rows come in *groups* of up to ``rows`` (the array's). With at least as many
+groups as the mesh has rows, each mesh row is a *band* that takes its share of the groups
+(in order, as evenly as they go) and the N output rows of W are split across the X tiles of
+a band (tensor parallel within a band, data parallel across bands; with fewer groups than
+rows but enough for the columns, the same with rows and columns swapped); with fewer groups,
+one band of all T = X·Y tiles. Tile s of a band computes W's rows [s·N/S, (s+1)·N/S) for its
+band's groups; its weights stream into its SRAM one *chunk* (G rows, one engine tile) at a
+time, into two buffers in turn, while it computes on the other. The tiles that share a slice
+(a mesh column) are a rectangle, so a chunk enters the mesh once and is multicast to them.
 
 **Activations.** x (M × K) is quantized to Q8_0 at the edge (``gguf.quants.quantize``) and
-multicast to every tile in groups of up to ``rows`` (the array's) rows, each group in its own
-SRAM region. As many groups as the SRAM holds beside the buffers are *resident* at a time;
-the matmul makes one pass over the weights per set of resident groups.
+multicast to every tile of its band, each group in its own SRAM region. As many groups as the
+SRAM holds beside the buffers are *resident* at a time; the matmul makes one pass over the
+weights per set of resident groups.
 
 **Order and waits.** Each pass multicasts its groups' activations; then, for each chunk index
-j and each tile t in turn: WRITE chunk j of tile t's weights, then one MATMUL over all the
-resident groups (a group with fewer rows, the last of x, gets a MATMUL of its own) and the SENDs
-of the tile's MATMUL before it, so that a MATMUL computes while the one before writes its
-results and they leave (the last MATMUL's SENDs end the pass). A chunk's weights thus enter the mesh once per pass, and the
-tile's engine streams the chunk once per group without a pause between groups (prefill's
-M = 32 is four groups at 8 rows; with K = 576 two fit the default tile's SRAM beside the
-buffers, so two passes). Consecutive MATMULs of a tile write its four result buffers in
-turn: a MATMUL must not write what the last two SENDs before it may still be shipping, nor
-what the MATMUL before it may still be writing (docs/tile.md). Before the weights of chunk j + 2
-go to a tile, the edge waits until that tile's last SEND of chunk j has arrived (the buffer it
-reuses is then free); before a pass's activations, until every tile has answered every SEND.
-A tile executes its micro-ops in order and answers in order, so counting each tile's answers
-is enough.
+j and each slice s in turn: WRITE chunk j of slice s's weights to the slice's tiles, then on
+each of them one MATMUL over its band's resident groups (a group with fewer rows, the last of
+x, gets a MATMUL of its own) and the SENDs of the tile's MATMUL before it, so that a MATMUL
+computes while the one before writes its results and they leave (the last MATMUL's SENDs end
+the pass). A chunk's weights thus enter the mesh once per pass, and the tile's engine streams
+the chunk once per group without a pause between groups (prefill's M = 32 is four groups at
+8 rows; with K = 576 two fit the default tile's SRAM beside the buffers: two passes on one
+tile, one on the 2×2, whose mesh rows take two groups each). Consecutive MATMULs of a tile
+write its four result buffers in turn: a MATMUL must not write what the last two SENDs before
+it may still be shipping, nor what the MATMUL before it may still be writing (docs/tile.md).
+Before the weights of chunk j + 2 go to a slice, the edge waits until each of its tiles' last
+SEND of chunk j has arrived (the buffer it reuses is then free); before a pass's activations,
+until every tile has answered every SEND. A tile executes its micro-ops in order and answers
+in order, so counting each tile's answers is enough.
 """
 
 from dataclasses import dataclass, field
@@ -88,22 +95,28 @@ class MatmulProgram:
         self.x = np.asarray(self.x, dtype=np.float32)
         self.n, self.k = self.w_raw.shape[0], self.x.shape[1]
         self.m = self.x.shape[0]
-        tiles = self.mesh_x * self.mesh_y
         self.per_chunk = g.outputs_per_tile(self.fmt)
-        if self.n % (tiles * self.per_chunk):
-            raise ValueError(f"{self.n} weight rows do not split into {tiles} tiles of whole "
+        self.bands = self._bands(-(-self.m // g.rows))
+        slices = len(self.bands[0])
+        if self.n % (slices * self.per_chunk):
+            raise ValueError(f"{self.n} weight rows do not split into {slices} tiles of whole "
                              f"{self.per_chunk}-row chunks")
         elements = FORMATS[self.fmt][0]
         if self.k % max(32, elements):
             raise ValueError(f"K = {self.k} is not a whole number of {self.fmt} blocks")
-        self.rows_per_tile = self.n // tiles
+        self.rows_per_tile = self.n // slices
         self.chunks = self.rows_per_tile // self.per_chunk
         blocks = self.k // 32
         chunk_words = len(weight_layout(g, self.fmt, self.w_raw[:self.per_chunk]))
+        # Groups of activation rows, dealt to the bands in order, as evenly as they go.
+        groups = [(r0, min(g.rows, self.m - r0)) for r0 in range(0, self.m, g.rows)]
+        share, extra = divmod(len(groups), len(self.bands))
+        ends = np.cumsum([share + (b < extra) for b in range(len(self.bands))])
+        self.band_groups = [groups[end - share - (b < extra):end] for b, end in enumerate(ends)]
         # SRAM map of every tile: the resident groups' activations, their scales, the result
         # buffers (a chunk's results of every resident group) and two weight buffers. As
         # many groups stay resident as the SRAM holds.
-        groups = -(-self.m // g.rows)
+        groups = len(self.band_groups[0])
         per_group = self.k + blocks * g.xs_words + RESULT_BUFFERS * g.rows * self.per_chunk
         buffers = 2 * chunk_words
         self.resident = min(groups, (g.words - buffers) // per_group)
@@ -128,64 +141,92 @@ class MatmulProgram:
     def tile_fields(self):
         return [(tx + 1, ty + 1) for ty in range(self.mesh_y) for tx in range(self.mesh_x)]
 
-    def _writes(self, dst, addr, words, **kw):
+    def _bands(self, groups):
+        """The tiles as bands × slices: ``bands[b][s]`` computes slice s of W's rows for band
+        b's groups of activation rows. A band is a mesh row (or column) when there are groups
+        enough for each, so that a slice's tiles (a column, or a row) and a band's tiles are
+        rectangles, each reached by one multicast; else one band of every tile."""
+        x, y = self.mesh_x, self.mesh_y
+        if y > 1 and groups >= y:
+            return [[(tx + 1, ty + 1) for tx in range(x)] for ty in range(y)]
+        if x > 1 and groups >= x:
+            return [[(tx + 1, ty + 1) for ty in range(y)] for tx in range(x)]
+        return [self.tile_fields()]
+
+    @staticmethod
+    def _to(tiles):
+        """Packet keywords that reach ``tiles`` (a rectangle, in order) in one packet."""
+        if len(tiles) == 1:
+            return {"dst": tiles[0]}
+        return {"dst": tiles[0], "multicast": True, "last": tiles[-1]}
+
+    def _writes(self, addr, words, **to):
         out = []
         for i in range(0, len(words), MAX_WORDS - 1):
             part = [addr + i] + [int(v) for v in words[i:i + MAX_WORDS - 1]]
-            out.append(Packet(dst, Kind.WRITE, tuple(part), **kw))
+            out.append(Packet(kind=Kind.WRITE, words=tuple(part), **to))
         return out
 
     def _build(self):
         g = self.geometry
         items = []
         tiles = self.tile_fields()
-        everyone = {"multicast": True, "last": (self.mesh_x, self.mesh_y)}
         matmuls = {t: 0 for t in tiles}
         deferred = {t: [] for t in tiles}   # SENDs that follow the tile's next MATMUL
         emitted = {t: 0 for t in tiles}     # SENDs placed in the program: its answers
         # Each SEND in program order: (tile, first column, first row of each of its groups,
         # the rows [r0, r1) of the groups it carries).
         self.sends = []
-        groups = [(r0, min(g.rows, self.m - r0)) for r0 in range(0, self.m, g.rows)]
-        for p0 in range(0, len(groups), self.resident):
-            resident = groups[p0:p0 + self.resident]
-            if p0:
+        passes = -(-max(len(groups) for groups in self.band_groups) // self.resident)
+        for p in range(passes):
+            resident = [groups[p * self.resident:(p + 1) * self.resident]
+                        for groups in self.band_groups]
+            # Bands run out of groups in band order: the busy ones are the first.
+            busy = [b for b, groups in enumerate(resident) if groups]
+            if p:
                 items += [Wait(t, emitted[t]) for t in tiles]
-            for i, (r0, rows) in enumerate(resident):
-                x_words, xs_words = activation_layout(g, self.codes[r0:r0 + rows],
-                                                      self.d_x[r0:r0 + rows])
-                items += self._writes((1, 1), self.x_addr[i], x_words, **everyone)
-                items += self._writes((1, 1), self.xs_addr[i], xs_words, **everyone)
+            for b in busy:
+                for i, (r0, rows) in enumerate(resident[b]):
+                    x_words, xs_words = activation_layout(g, self.codes[r0:r0 + rows],
+                                                          self.d_x[r0:r0 + rows])
+                    to = self._to(self.bands[b])
+                    items += self._writes(self.x_addr[i], x_words, **to)
+                    items += self._writes(self.xs_addr[i], xs_words, **to)
             # One MATMUL per run of groups with the same rows: the full groups, then the
             # last group of x if it is shorter.
-            runs = [[i for i, (_, rows) in enumerate(resident) if rows == size]
-                    for size in sorted({rows for _, rows in resident}, reverse=True)]
+            runs = [[[i for i, (_, rows) in enumerate(groups) if rows == size]
+                     for size in sorted({rows for _, rows in groups}, reverse=True)]
+                    for groups in resident]
             # done[t][j]: the answers from tile t that show chunk j's weights are no longer
             # read: up to the first SEND queued after the chunk's last MATMUL, because the
             # tile runs that SEND only once the MATMUL has taken all its inputs.
             done = {t: [] for t in tiles}
             unresolved = {t: [] for t in tiles}
             for j in range(self.chunks):
-                for ti, t in enumerate(tiles):
+                for s in range(len(self.bands[0])):
+                    readers = [self.bands[b][s] for b in busy]
                     if j >= 2:
-                        assert done[t][j - 2] is not None
-                        items.append(Wait(t, done[t][j - 2]))
-                    start = ti * self.rows_per_tile + j * self.per_chunk
+                        for t in readers:
+                            assert done[t][j - 2] is not None
+                            items.append(Wait(t, done[t][j - 2]))
+                    start = s * self.rows_per_tile + j * self.per_chunk
                     chunk = self.w_raw[start:start + self.per_chunk]
-                    items += self._writes(t, self.w_addr[j % 2],
-                                          weight_layout(g, self.fmt, chunk))
-                    for index, run in enumerate(runs):
-                        matmul, sends = self._matmul(t, j, start, [resident[i] for i in run],
-                                                     run[0], matmuls[t] % RESULT_BUFFERS)
-                        matmuls[t] += 1
-                        items.append(matmul)
-                        if index == len(runs) - 1:      # the chunk's last MATMUL
-                            done[t].append(None)
-                            unresolved[t].append(j)
-                        # The SENDs of the MATMUL before: it finishes writing its results
-                        # while this one computes.
-                        items += self._emit(t, deferred, emitted, done, unresolved)
-                        deferred[t] = sends
+                    items += self._writes(self.w_addr[j % 2], weight_layout(g, self.fmt, chunk),
+                                          **self._to(readers))
+                    for b, t in zip(busy, readers):
+                        for index, run in enumerate(runs[b]):
+                            matmul, sends = self._matmul(
+                                t, j, start, [resident[b][i] for i in run], run[0],
+                                matmuls[t] % RESULT_BUFFERS)
+                            matmuls[t] += 1
+                            items.append(matmul)
+                            if index == len(runs[b]) - 1:      # the chunk's last MATMUL
+                                done[t].append(None)
+                                unresolved[t].append(j)
+                            # The SENDs of the MATMUL before: it finishes writing its results
+                            # while this one computes.
+                            items += self._emit(t, deferred, emitted, done, unresolved)
+                            deferred[t] = sends
             for t in tiles:
                 items += self._emit(t, deferred, emitted, done, unresolved)
         return items

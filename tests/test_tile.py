@@ -33,30 +33,61 @@ def test_distributed_matmul_is_the_golden_matmul(fmt, m):
     received = P.MeshModel().run(program.items)
     y = program.result(received)
     assert np.array_equal(y, dequant.matmul(fmt, w_raw, x).view(np.uint32))
-    # Every weight byte enters the mesh once per pass over the groups of activation rows the
-    # SRAM holds, to one tile (the words round a chunk's blocks up, by far less than a copy).
-    passes = -(-(-(-m // 8)) // program.resident)
-    sent = sum(len(p.words) - 1 for p in program.packets()
-               if p.kind == T.Kind.WRITE and not p.multicast)
-    assert passes * w_raw.size <= sent * 8 < (passes + 1) * w_raw.size
+    # These shapes leave room for every group, so every weight byte enters the mesh once,
+    # multicast to the tiles that share it (the words round a chunk's blocks up, by far less
+    # than a copy).
+    sent = _weight_words(program)
+    assert w_raw.size <= sent * 8 < 2 * w_raw.size
 
 
-def test_weights_enter_once_per_set_of_groups_the_sram_holds():
+def _weight_words(program):
+    """Weight words entering at the edge: a multicast packet enters once."""
+    return sum(len(p.words) - 1 for p in program.packets()
+               if p.kind == T.Kind.WRITE and p.words[0] >= program.w_addr[0])
+
+
+@pytest.mark.parametrize("mesh, words, passes", [
+    ((1, 1), 4096, 2), ((1, 1), 8192, 1), ((1, 1), 2600, 4),
+    ((2, 2), 4096, 1), ((2, 2), 2600, 2), ((2, 1), 4096, 1), ((4, 2), 4096, 1)])
+def test_weights_enter_once_per_set_of_groups_the_sram_holds(mesh, words, passes):
     # K = 576 (SmolLM2's width) and M = 32: four groups of 8 rows. Each resident group takes
     # 576 + 18 · 4 words of activations and 8 · 16 words in each of the four result buffers:
-    # 1160; the two Q4_1 weight buffers 2 · 720. 4096 words hold two groups, so the weights
-    # enter twice; 8192 hold all four; 2600 one, so four times.
+    # 1160; the two Q4_1 weight buffers 2 · 720. 4096 words hold two groups, 8192 all four,
+    # 2600 one. One tile makes a pass over the weights per set of groups its SRAM holds; on a
+    # mesh with as many groups as rows (or columns), each mesh row takes its share of the
+    # groups and the weights are multicast down the columns, so the passes are those of the
+    # share: the 2 × 2's two groups a row fit 4096 words in one pass.
     rng = np.random.default_rng(5)
-    w_raw = _weights(rng, "Q4_1", 4 * 16, 576)
+    w_raw = _weights(rng, "Q4_1", 8 * 16, 576)
     x = rng.standard_normal((32, 576)).astype(np.float32)
-    for words, passes in ((4096, 2), (8192, 1), (2600, 4)):
-        geometry = T.TileGeometry(words=words)
-        program = P.MatmulProgram("Q4_1", w_raw, x, 2, 2, geometry)
-        y = program.result(P.MeshModel(2, 2, geometry).run(program.items))
-        assert np.array_equal(y, dequant.matmul("Q4_1", w_raw, x).view(np.uint32))
-        sent = sum(len(p.words) - 1 for p in program.packets()
-                   if p.kind == T.Kind.WRITE and not p.multicast)
-        assert sent * 8 == passes * w_raw.size, words
+    geometry = T.TileGeometry(words=words)
+    program = P.MatmulProgram("Q4_1", w_raw, x, *mesh, geometry)
+    y = program.result(P.MeshModel(*mesh, geometry).run(program.items))
+    assert np.array_equal(y, dequant.matmul("Q4_1", w_raw, x).view(np.uint32))
+    assert _weight_words(program) * 8 == passes * w_raw.size
+
+
+def test_mesh_rows_share_the_groups_when_there_are_enough():
+    # M = 32 on a 2 × 2 mesh: four groups of 8 rows, two per mesh row; each column computes
+    # half of W's rows for both. M = 9 has two groups, one per mesh row. M = 5 has one: every
+    # tile computes a quarter of W for it.
+    rng = np.random.default_rng(6)
+    w_raw = _weights(rng, "Q4_0", 8 * 16, 64)
+    for m, expected in ((32, {(1, 1): ({0, 8}, range(0, 64)), (2, 1): ({0, 8}, range(64, 128)),
+                              (1, 2): ({16, 24}, range(0, 64)),
+                              (2, 2): ({16, 24}, range(64, 128))}),
+                        (9, {(1, 1): ({0}, range(0, 64)), (2, 1): ({0}, range(64, 128)),
+                             (1, 2): ({8}, range(0, 64)), (2, 2): ({8}, range(64, 128))}),
+                        (5, {(1, 1): ({0}, range(0, 32)), (2, 1): ({0}, range(32, 64)),
+                             (1, 2): ({0}, range(64, 96)), (2, 2): ({0}, range(96, 128))})):
+        x = rng.standard_normal((m, 64)).astype(np.float32)
+        program = P.MatmulProgram("Q4_0", w_raw, x)
+        for tile, (starts, cols) in expected.items():
+            sends = [send for send in program.sends if send[0] == tile]
+            assert {g0 for _, _, s, _, _ in sends for g0 in s} == starts, (m, tile)
+            assert {c0 for _, c0, _, _, _ in sends} == set(cols[::16]), (m, tile)
+        y = program.result(P.MeshModel().run(program.items))
+        assert np.array_equal(y, dequant.matmul("Q4_0", w_raw, x).view(np.uint32))
 
 
 @pytest.mark.parametrize("rows, cols", [(4, 4), (2, 8), (8, 3)])
