@@ -66,7 +66,8 @@ from amaranth.lib import wiring
 from amaranth.vendor import LatticePlatform
 
 
-__all__ = ["SynthResult", "TARGETS", "synthesize", "markdown_table", "fmax_text", "platform_for"]
+__all__ = ["SynthResult", "TARGETS", "synthesize", "overuse", "markdown_table", "fmax_text",
+           "platform_for"]
 
 
 #: Targets :func:`synthesize` accepts.
@@ -125,6 +126,21 @@ _GENERIC_FF = re.compile(r"^\$_(S?DFF|ALDFF|FF)[A-Z]*_")
 
 # nextpnr's messages when the device runs out of a resource (cells or I/O sites) at packing or
 # placement; any other failure is a tool error.
+#: What each target's device has (nextpnr's BEL counts) and what a block's counted cells take
+#: of it at least, whatever the placement: ``(resource, capacity, {attribute: sites per
+#: cell})``. An ECP5 carry (CCU2C) takes both LUTs of a slice and a LUT RAM (TRELLIS_DPR16X4)
+#: four; on the iCE40 a carry shares its logic cell with a LUT.
+_DEVICE = {
+    "ecp5": [("LUT sites (TRELLIS_COMB)", 83_640, {"luts": 1, "carries": 2, "lutrams": 4}),
+             ("TRELLIS_FF", 83_640, {"ffs": 1}),
+             ("MULT18X18D", 156, {"dsps": 1}),
+             ("DP16KD", 208, {"brams": 1})],
+    "ice40": [("ICESTORM_LC (LUT4)", 5_280, {"luts": 1}),
+              ("ICESTORM_LC (DFF)", 5_280, {"ffs": 1}),
+              ("ICESTORM_DSP", 8, {"dsps": 1}),
+              ("ICESTORM_RAM", 30, {"brams": 1})],
+}
+
 _DOES_NOT_FIT = re.compile(
     r"Unable to find a placement location for cell"
     r"|Unable to find legal placement for cell"
@@ -198,7 +214,11 @@ class SynthResult:
         Achieved frequency of the ``clk`` clock after place-and-route of the registered harness;
         None for ``generic``, when the design has no clocked path, or when it does not fit.
     fits : bool
-        False when nextpnr reports that the harnessed design does not fit the device.
+        False when the counted cells exceed the device (:attr:`over`; then there is no
+        place-and-route) or nextpnr reports that the harnessed design does not fit it.
+    over : list of str
+        The device resources the counted cells exceed, with the counts
+        (:func:`overuse`).
     seconds : float
         Wall-clock time of the whole :func:`synthesize` call.
     router : str or None
@@ -218,6 +238,7 @@ class SynthResult:
     lutrams: int | None = None
     fmax_mhz: float | None = None
     fits: bool = True
+    over: list = field(default_factory=list)
     seconds: float = 0.0
     router: str | None = None
 
@@ -477,7 +498,12 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
             count = cells.get(cell, 0)
         setattr(result, attribute, count)
 
-    if not place_and_route:
+    # A block whose cells alone exceed the device cannot fit: say so without a
+    # place-and-route (which would take as long as one that fits, then fail).
+    result.over = overuse(result)
+    if result.over:
+        result.fits = False
+    if not place_and_route or not result.fits:
         return _finish(result, workdir, start)
 
     # Fmax: the component inside its registered harness.
@@ -543,6 +569,18 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
     result.fmax_mhz = _fmax(json.loads((workdir / "report.json").read_text()))
     result.router = router
     return _finish(result, workdir, start)
+
+
+def overuse(result):
+    """The device resources that ``result``'s counted cells exceed, for example
+    ``["MULT18X18D: 252 of 156"]``; empty when none does (which does not yet mean the block
+    fits: packing and routing may still fail) and for ``generic``."""
+    over = []
+    for resource, capacity, sites in _DEVICE.get(result.target, []):
+        used = sum(per * (getattr(result, attribute) or 0) for attribute, per in sites.items())
+        if used > capacity:
+            over.append(f"{resource}: {used:,} of {capacity:,}")
+    return over
 
 
 def _finish(result, workdir, start):

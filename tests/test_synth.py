@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 from rtl.arbiter import RoundRobinArbiter
 from rtl.blocks import build_block
 from rtl.config import TesseraConfig
-from synth.flow import SynthResult, _Harness, _run, markdown_table, synthesize
+from synth.flow import SynthResult, _Harness, _run, markdown_table, overuse, synthesize
 
 
 class _Passthrough(wiring.Component):
@@ -204,6 +204,50 @@ def test_markdown_table_formats_missing_values_and_misfits():
     assert lines[2] == "| arbiter | generic | — | 3 | — | — | — | — | — |"
     assert lines[3] == "| fifo | ecp5 | 1,234 | 7 | 0 | 0 | 0 | 16 | 319.4 |"
     assert lines[4] == "| huge | ice40 | 7,753 | 8,208 | 1 | 0 | 0 | — | does not fit |"
+
+
+class _Multipliers(wiring.Component):
+    """``count`` different 16 × 16 products of the inputs, XORed into one output: one DSP
+    each."""
+
+    def __init__(self, count):
+        self._count = count
+        super().__init__({"a": In(16), "b": In(16), "o": Out(32)})
+
+    def elaborate(self, platform):
+        m = Module()
+        total = 0
+        for i in range(self._count):
+            total = total ^ ((self.a ^ i) * (self.b + i))[:32]
+        m.d.sync += self.o.eq(total)
+        return m
+
+
+def test_a_block_over_the_device_does_not_fit_without_place_and_route(tmp_path):
+    # The iCE40 UP5K has 8 DSPs: 9 multipliers cannot fit, and the flow says so from Yosys's
+    # cell counts instead of running a place-and-route that would fail (so nextpnr-ice40 does
+    # not run here either).
+    result = synthesize(_Multipliers(9), name="mults", target="ice40", workdir=tmp_path)
+    assert result.dsps == 9
+    assert not result.fits and result.fmax_mhz is None and result.router is None
+    assert result.over == ["ICESTORM_DSP: 9 of 8"]
+    assert not (tmp_path / "nextpnr.log").exists()
+
+
+def test_overuse_counts_the_sites_carries_and_lut_ram_take():
+    # The default tile with its vector unit, as Yosys counted it: its LUTs alone would fit the
+    # 85F's 83,640 LUT sites, but each carry takes two and each 16 × 4 LUT RAM four.
+    tile = SynthResult(block="tile", target="ecp5", luts=71_001, ffs=77_438, carries=8_857,
+                       dsps=252, brams=31, lutrams=2_237)
+    assert overuse(tile) == ["LUT sites (TRELLIS_COMB): 97,663 of 83,640",
+                             "MULT18X18D: 252 of 156"]
+    fits = SynthResult(block="tile", target="ecp5", luts=38_879, ffs=43_259, carries=4_882,
+                       dsps=148, brams=16, lutrams=1_862)
+    assert overuse(fits) == []
+    small = SynthResult(block="x", target="ice40", luts=5_281, ffs=10, carries=5_000, dsps=9,
+                        brams=30)
+    assert overuse(small) == ["ICESTORM_LC (LUT4): 5,281 of 5,280", "ICESTORM_DSP: 9 of 8"]
+    assert overuse(SynthResult(block="x", target="generic", ffs=10**6)) == []
 
 
 class _Duplicates(wiring.Component):
