@@ -56,6 +56,24 @@ class Layouts:
         return Response(_field(value, 0, off["error_width"]), data)
 
 
+def _address(p, bank, row):
+    """The word address at (bank, row), by the interleave's definition (docs/sram.md)."""
+    if p["interleave"] == "low":
+        return row * p["banks"] + bank
+    if p["interleave"] == "xor":
+        return row * p["banks"] + (bank ^ (row % p["banks"]))
+    return bank * p["depth"] + row
+
+
+def _place(p, addr):
+    """(bank, row) of a word address: the inverse of _address."""
+    if p["interleave"] == "high":
+        return addr // p["depth"], addr % p["depth"]
+    row = addr // p["banks"]
+    bank = addr % p["banks"]
+    return (bank ^ (row % p["banks"]) if p["interleave"] == "xor" else bank), row
+
+
 def _addresses(rng, p, count):
     capacity = p["banks"] * p["depth"]
     out = []
@@ -68,8 +86,7 @@ def _addresses(rng, p, count):
             elif phase == "hot":
                 bank = start % p["banks"]
                 row = rng.randrange(p["depth"])
-                out.append(row * p["banks"] + bank if p["interleave"] == "low"
-                           else bank * p["depth"] + row)
+                out.append(_address(p, bank, row))
             elif phase == "random":
                 out.append(rng.randrange(capacity))
             else:
@@ -222,8 +239,7 @@ async def ecc_corrects_single_and_flags_double_flips(dut):
 
     flips = {}
     for addr in rng.sample(range(capacity), capacity // 3):
-        bank, row = ((addr % p["banks"], addr // p["banks"]) if p["interleave"] == "low"
-                     else (addr // p["depth"], addr % p["depth"]))
+        bank, row = _place(p, addr)
         cell = getattr(dut, f"bank_{bank}")[row]
         positions = rng.sample(range(p["code_width"]), rng.choice([1, 2]))
         stored = int(cell.value)
@@ -276,11 +292,11 @@ def _params(sram):
 
 
 CONFIGS = [
-    TesseraConfig(sram_bank_depth=64),                                       # 4 banks, ECC, low
+    TesseraConfig(sram_bank_depth=64),                                       # 4 banks, ECC, xor
     TesseraConfig(sram_banks=2, sram_bank_depth=32, sram_width=32, sram_ecc=False,
                   sram_interleave="high"),
     TesseraConfig(sram_banks=1, sram_bank_depth=16, sram_width=8),
-    TesseraConfig(sram_banks=8, sram_bank_depth=16, sram_width=128),
+    TesseraConfig(sram_banks=8, sram_bank_depth=16, sram_width=128, sram_interleave="low"),
 ]
 
 

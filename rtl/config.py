@@ -30,9 +30,10 @@ PACKED_FORMATS = ("Q4_0", "Q4_1", "MXFP4", "TQ2_0")
 #: 32 rows (docs/mac_array.md).
 MAX_ARRAY_ROWS = 32
 
-#: How SRAM word addresses spread over banks: "low" (consecutive words in consecutive banks)
-#: or "high" (each bank a contiguous range).
-SRAM_INTERLEAVES = ("low", "high")
+#: How SRAM word addresses spread over banks: "low" (consecutive words in consecutive banks),
+#: "high" (each bank a contiguous range) or "xor" (as "low", the bank XORed with the row's low
+#: bits: streams with different strides do not fall into step on the banks; docs/sram.md).
+SRAM_INTERLEAVES = ("low", "high", "xor")
 
 #: A mesh router has a port towards each neighbour (N, E, S, W) and one to its tile.
 ROUTER_PORTS = 5
@@ -113,7 +114,7 @@ class TesseraConfig:
     sram_bank_depth: int = 1024
     sram_width: int = 64
     sram_ecc: bool = True
-    sram_interleave: str = "low"
+    sram_interleave: str = "xor"
     vector_max_length: int = 16384
     tile_vector: bool = True
     term_lanes: int = 0

@@ -46,9 +46,11 @@ class SRAMModel:
         self.words = np.zeros(self.capacity, dtype=object)
 
     def bank_of(self, addr):
-        # Straight from the definition of the two interleaves.
+        # Straight from the definition of the three interleaves.
         if self.interleave == "low":
             return addr % self.banks
+        if self.interleave == "xor":
+            return (addr ^ (addr // self.banks)) % self.banks
         return addr // self.depth
 
     def zeroize(self):

@@ -92,7 +92,7 @@ def test_sram_options():
     config = TesseraConfig().with_overrides(["sram_ecc=false", "sram_interleave=high"])
     assert (config.sram_ecc, config.sram_interleave) == (False, "high")
     with pytest.raises(ValueError, match=r"^sram_interleave must be one of 'low', 'high', "
-                                         r"not 'middle'$"):
+                                         r"'xor', not 'middle'$"):
         TesseraConfig(sram_interleave="middle")
     with pytest.raises(TypeError, match=r"^sram_ecc must be True or False, not 1$"):
         TesseraConfig(sram_ecc=1)

@@ -22,8 +22,14 @@ def _sram(**kwargs):
                                         r"not 'x'$"),
     ({"ports": {"1a": "r"}}, ValueError, r"^SRAM port name must be an identifier, not '1a'$"),
     ({"interleave": "odd"}, ValueError, r"^SRAM interleave must be one of 'low', 'high', "
-                                        r"not 'odd'$"),
+                                        r"'xor', not 'odd'$"),
     ({"address_width": 6}, ValueError, r"^SRAM address width must be an integer above 6 "),
+    ({"priority": ("act", "dma")}, ValueError, r"^SRAM priority must be a sequence of distinct "
+                                               r"port names \(fill, weight, act, vector\), not "
+                                               r"\('act', 'dma'\)$"),
+    ({"priority": "act"}, ValueError, r"^SRAM priority must be a sequence of distinct port "
+                                      r"names \(fill, weight, act, vector\), not 'act'$"),
+    ({"priority": ("act", "act")}, ValueError, r"^SRAM priority must be a sequence of "),
 ])
 def test_bad_parameters(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -31,10 +37,15 @@ def test_bad_parameters(kwargs, error, message):
 
 
 def test_layout_follows_the_interleave():
-    low, high = _sram(interleave="low"), _sram(interleave="high")
+    low, high, xor = _sram(interleave="low"), _sram(interleave="high"), _sram(interleave="xor")
     assert [low.locate(a) for a in (0, 1, 5)] == [(0, 0), (1, 0), (1, 1)]
     assert [high.locate(a) for a in (0, 1, 17)] == [(0, 0), (0, 1), (1, 1)]
-    for sram in (low, high):
+    # xor: the low interleave's bank XOR the row's low bits, so every four consecutive words
+    # (from a multiple of four) still take four banks, in an order that changes with the row.
+    assert [xor.locate(a)[0] for a in range(16)] == [0, 1, 2, 3, 1, 0, 3, 2,
+                                                     2, 3, 0, 1, 3, 2, 1, 0]
+    assert [xor.locate(a)[1] for a in (0, 5, 63)] == [0, 1, 15]
+    for sram in (low, high, xor):
         assert all(sram.address(*sram.locate(a)) == a for a in range(sram.capacity))
     assert (low.capacity, low.code_width) == (64, 32 + 7)
     assert _sram(ecc=False).code_width == 32
@@ -121,6 +132,32 @@ def test_same_bank_conflict_waits_and_different_banks_proceed_together():
             assert ctx.get(dut.i_weight.ready)
 
     _run(dut, bench)
+
+
+def test_a_priority_port_never_loses_its_bank():
+    # act and weight read bank 1 in every cycle, eight words each. With act first, act is
+    # accepted every cycle and weight only once act has stopped; without, they alternate.
+    for priority, expected in (((), "wa" * 8), (("act",), "a" * 8 + "w" * 8)):
+        dut = _sram(priority=priority)
+
+        async def bench(ctx, dut=dut, expected=expected):
+            for port in (dut.o_act, dut.o_weight):
+                ctx.set(port.ready, 1)
+            order = ""
+            acts = weights = 0
+            while len(order) < 16:
+                ctx.set(dut.i_act.valid, acts < 8)
+                ctx.set(dut.i_act.payload.addr, 1 + 4 * (acts % 4))
+                ctx.set(dut.i_weight.valid, weights < 8)
+                ctx.set(dut.i_weight.payload.addr, 1 + 4 * (weights % 4))
+                a, w = ctx.get(dut.i_act.ready), ctx.get(dut.i_weight.ready)
+                assert a + w == 1, "one read of bank 1 per cycle"
+                order += "a" if a else "w"
+                acts, weights = acts + a, weights + w
+                await ctx.tick()
+            assert order == expected, (priority, order)
+
+        _run(dut, bench)
 
 
 def test_read_in_the_cycle_of_a_write_returns_the_old_word():

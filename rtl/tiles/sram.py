@@ -77,6 +77,13 @@ class SRAM(wiring.Component):
         ``"low"``: word ``a`` lives in bank ``a % banks``; ``"high"``: in bank ``a // depth``.
     address_width : int
         Width of request addresses; wider than needed so that bad addresses can be expressed.
+    priority : sequence of str
+        Ports served first: at each bank a request from one of them wins over the round-robin
+        ports (and over the priority ports after it in the sequence). For a port that must
+        take a word every cycle beside others that can run ahead: it never loses its bank.
+        The others wait while it holds theirs, so its addresses should move across the banks
+        (consecutive words do with the ``"low"`` interleave); it stops requesting, and frees
+        every bank, once seven responses are owed to it.
 
     Members
     -------
@@ -95,7 +102,7 @@ class SRAM(wiring.Component):
     """
 
     def __init__(self, *, banks, depth, width, ports=TILE_PORTS, ecc=True, interleave="low",
-                 address_width=32):
+                 address_width=32, priority=()):
         for name, value, low in (("SRAM bank count", banks, 1), ("SRAM bank depth", depth, 2)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low \
                     or value & (value - 1):
@@ -110,6 +117,10 @@ class SRAM(wiring.Component):
             if kind not in PORT_KINDS:
                 raise ValueError(f"SRAM port {name!r} kind must be one of "
                                  f"{', '.join(map(repr, PORT_KINDS))}, not {kind!r}")
+        if isinstance(priority, str) or not all(name in ports for name in priority) \
+                or len(set(priority)) != len(priority):
+            raise ValueError(f"SRAM priority must be a sequence of distinct port names "
+                             f"({', '.join(ports)}), not {priority!r}")
         if interleave not in SRAM_INTERLEAVES:
             raise ValueError(f"SRAM interleave must be one of "
                              f"{', '.join(map(repr, SRAM_INTERLEAVES))}, not {interleave!r}")
@@ -125,6 +136,7 @@ class SRAM(wiring.Component):
         self._ecc = bool(ecc)
         self._interleave = interleave
         self._address_width = address_width
+        self._priority = tuple(priority)
         # Storage is created here, not in elaborate(), so that test benches can reach stored
         # words directly (fault injection flips bits behind the ECC encoder's back).
         self._bank_data = [MemoryData(shape=self.code_width, depth=depth, init=[])
@@ -157,6 +169,7 @@ class SRAM(wiring.Component):
     ecc = property(lambda self: self._ecc)
     interleave = property(lambda self: self._interleave)
     address_width = property(lambda self: self._address_width)
+    priority = property(lambda self: self._priority)
 
     @property
     def bank_data(self):
@@ -191,12 +204,17 @@ class SRAM(wiring.Component):
         """(bank, row) of an in-range word address, in Python: the model and tests use it."""
         if self._interleave == "low":
             return address % self._banks, address // self._banks
+        if self._interleave == "xor":
+            row = address // self._banks
+            return (address ^ row) % self._banks, row
         return address // self._depth, address % self._depth
 
     def address(self, bank, row):
         """The word address at ``(bank, row)``: the inverse of :meth:`locate`."""
         if self._interleave == "low":
             return row * self._banks + bank
+        if self._interleave == "xor":
+            return row * self._banks + (bank ^ (row % self._banks))
         return bank * self._depth + row
 
     def elaborate(self, platform):
@@ -223,6 +241,9 @@ class SRAM(wiring.Component):
             r.row = Signal(range(depth), name=f"{name}_row")
             if self._interleave == "low":
                 m.d.comb += [r.bank.eq(addr[:bank_bits]), r.row.eq(addr[bank_bits:][:row_bits])]
+            elif self._interleave == "xor":
+                m.d.comb += [r.bank.eq(addr[:bank_bits] ^ addr[bank_bits:][:bank_bits]),
+                             r.row.eq(addr[bank_bits:][:row_bits])]
             else:
                 m.d.comb += [r.row.eq(addr[:row_bits]), r.bank.eq(addr[row_bits:][:bank_bits])]
             r.write = Signal(name=f"{name}_write")
@@ -281,35 +302,49 @@ class SRAM(wiring.Component):
             bank_read_data.append(read_word)
 
             def arbiter(kind, contenders, write):
-                # One round-robin arbiter per bank and direction; a grant is served at once.
-                m.submodules[f"bank_{b}_{kind}_arbiter"] = arb = RoundRobinArbiter(len(contenders))
-                m.d.comb += arb.advance.eq(1)
-                for k, name in enumerate(contenders):
-                    r = requests[name]
-                    m.d.comb += arb.requests[k].eq(
-                        r.offer & r.in_range & (r.write == write) & (r.bank == b))
-                    granted_by[name].append(arb.grant[k])
-                return arb
+                # Per bank and direction: the priority ports first, in their order, then one
+                # round-robin arbiter for the others; a grant is served at once. Returns each
+                # contender's grant and whether anyone has one.
+                wants = {name: (requests[name].offer & requests[name].in_range
+                                & (requests[name].write == write) & (requests[name].bank == b))
+                         for name in contenders}
+                grants = {}
+                taken = Const(0, 1)
+                for name in self._priority:
+                    if name in wants:
+                        grants[name] = Signal(name=f"bank_{b}_{kind}_{name}_first")
+                        m.d.comb += grants[name].eq(wants[name] & ~taken)
+                        taken = taken | wants[name]
+                rest = [name for name in contenders if name not in grants]
+                if rest:
+                    m.submodules[f"bank_{b}_{kind}_arbiter"] = arb = RoundRobinArbiter(len(rest))
+                    m.d.comb += arb.advance.eq(1)
+                    for k, name in enumerate(rest):
+                        m.d.comb += arb.requests[k].eq(wants[name] & ~taken)
+                        grants[name] = arb.grant[k]
+                for name in contenders:
+                    granted_by[name].append(grants[name])
+                return grants, Cat(grants.values()).any()
 
             if readers:
-                arb = arbiter("read", readers, write=0)
-                for k, name in enumerate(readers):
-                    with m.If(arb.grant[k]):
+                grants, any_read = arbiter("read", readers, write=0)
+                for name in readers:
+                    with m.If(grants[name]):
                         m.d.sync += rd.addr.eq(requests[name].row)
-                m.d.sync += rd.en.eq(arb.valid)
+                m.d.sync += rd.en.eq(any_read)
             if writers:
-                warb = arbiter("write", writers, write=1)
+                wgrants, any_write = arbiter("write", writers, write=1)
             with m.If(busy):
                 # Zero is a code word of the (linear) SECDED code: all check bits zero too.
                 m.d.sync += [wr.addr.eq(zero_row), wr.data.eq(0), wr.en.eq(1)]
             with m.Else():
                 # No port offers anything while busy (`offer` includes ~busy), so the arbiters
                 # are idle then.
-                for k, name in enumerate(writers):
-                    with m.If(warb.grant[k]):
+                for name in writers:
+                    with m.If(wgrants[name]):
                         m.d.sync += [wr.addr.eq(requests[name].row),
                                      wr.data.eq(requests[name].code)]
-                m.d.sync += wr.en.eq(warb.valid if writers else 0)
+                m.d.sync += wr.en.eq(any_write if writers else 0)
 
         # Accepted requests travel a pipeline of RESPONSE_STAGES registers to the response
         # FIFO: (0) the bank's address, data and enables are registered, so the arbiters' muxes
