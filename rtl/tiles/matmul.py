@@ -87,8 +87,8 @@ class MatmulEngine(wiring.Component):
     o : ``Out(stream.Signature(OUTPUT_LAYOUT))``
         One result per output: ``row`` (m), ``col`` (n), the binary32 ``value`` and
         ``command``, which alternates from one command to the next (the first is 1): the
-        engine takes the next command as soon as it has taken the last input of one, so the
-        results of two commands may come out mixed.
+        engine takes the next command as soon as its unpacker and array have taken the one
+        before, so the results of two commands may come out mixed.
     errors : ``Out(ERROR_LAYOUT)``
         Sticky error flags.
     clear : ``In(1)``
@@ -176,14 +176,26 @@ class MatmulEngine(wiring.Component):
         beats_max = (_TQ2_0_SUBBLOCKS if tq2 else 1) * BLOCK // lanes   # beats per weight block
 
         # ---- Command ---------------------------------------------------------------------
+        # The front (unpacker, transposer, array) takes the next command as soon as the unpacker
+        # and the array have taken this one's; the back (the term builder) finishes the
+        # commands before from `backlog`. So a command's weights stream in while the array
+        # and the term lanes finish the one before, instead of after its last result (about
+        # 100 cycles a command). The transposer and the term builder share the format
+        # (`mode`, `is_q8`, `is_tq2`), so a command of another format, or one to be rejected
+        # (its streams are drained), waits until the back has finished.
         cmd = Signal(self.command_layout)
+        bad_cmd = Signal()
         parity = Signal()           # of the command: 1, 0, 1, … (`o.payload.command`)
+        mode = Signal(3)            # the format of the commands in flight
         is_q8 = Signal()
         is_tq2 = Signal()
-        m_rows = Signal(range(rows + 1))
-        blocks_m1 = Signal(16)
+        blocks_m1 = Signal(16)      # of the command being drained
         tiles_m1 = Signal(16)
         word_done = Signal()        # the term builder took the command's last array word
+        back_layout = data.StructLayout({"rows": range(rows + 1), "blocks_m1": 16,
+                                         "tiles_m1": 16, "parity": 1})
+        m.submodules.backlog = backlog = StreamFIFO(back_layout, 2)
+        back = backlog.o.payload
         new = self.i_cmd.payload
         known = Const(0, 1)
         for name in self._formats:
@@ -205,29 +217,37 @@ class MatmulEngine(wiring.Component):
 
         with m.FSM(name="command"):
             with m.State("IDLE"):
-                m.d.comb += self.i_cmd.ready.eq(1)
-                with m.If(self.i_cmd.valid):
+                m.d.comb += self.i_cmd.ready.eq(backlog.i.ready)
+                with m.If(self.i_cmd.valid & backlog.i.ready):
                     m.d.sync += [
                         cmd.eq(new),
+                        bad_cmd.eq(bad),
                         parity.eq(~parity),
-                        is_q8.eq(new.mode == mode_code("Q8_0")),
-                        is_tq2.eq(new.mode == mode_code("TQ2_0")),
-                        m_rows.eq(new.rows),
                         blocks_m1.eq(new.blocks - 1),
                         tiles_m1.eq(new.tiles - 1),
                         sent_unpack.eq(0), sent_array.eq(0),
                         x_step.eq(0), x_tile.eq(0), xs_step.eq(0), xs_tile.eq(0),
                     ]
-                    with m.If(bad):
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                drained = ~backlog.o.valid
+                with m.If(bad_cmd):
+                    with m.If(drained):
                         m.d.sync += [
                             self.errors.command.eq(1),
                             drain_w.eq(1),
-                            drain_x.eq((new.blocks != 0) & (new.tiles != 0)),
-                            drain_xs.eq((new.blocks != 0) & (new.tiles != 0)),
+                            drain_x.eq((cmd.blocks != 0) & (cmd.tiles != 0)),
+                            drain_xs.eq((cmd.blocks != 0) & (cmd.tiles != 0)),
                         ]
                         m.next = "DRAIN"
-                    with m.Else():
-                        m.next = "START"
+                with m.Elif(drained | (cmd.mode == mode)):
+                    m.d.comb += backlog.i.valid.eq(1)
+                    m.d.sync += [
+                        mode.eq(cmd.mode),
+                        is_q8.eq(cmd.mode == mode_code("Q8_0")),
+                        is_tq2.eq(cmd.mode == mode_code("TQ2_0")),
+                    ]
+                    m.next = "START"
             with m.State("START"):
                 m.d.comb += [
                     unpack.i_cmd.valid.eq(~sent_unpack),
@@ -243,13 +263,16 @@ class MatmulEngine(wiring.Component):
                 with m.If(array.i_cmd.ready):
                     m.d.sync += sent_array.eq(1)
                 with m.If((sent_unpack | unpack.i_cmd.ready) & (sent_array | array.i_cmd.ready)):
-                    m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(word_done):
                     m.next = "IDLE"
             with m.State("DRAIN"):
                 with m.If(~drain_w & ~drain_x & ~drain_xs):
                     m.next = "IDLE"
+        m.d.comb += [
+            backlog.i.payload.rows.eq(cmd.rows),
+            backlog.i.payload.blocks_m1.eq(cmd.blocks - 1),
+            backlog.i.payload.tiles_m1.eq(cmd.tiles - 1),
+            backlog.i.payload.parity.eq(parity),
+        ]
 
         # A rejected command's streams are taken and dropped: its weight job up to `last`,
         # tiles × blocks × 32 k-steps and tiles × blocks scale beats.
@@ -378,9 +401,9 @@ class MatmulEngine(wiring.Component):
         lane_stride = stride // n_lanes                 # accumulators per row in a lane
         step_bits = (lane_stride - 1).bit_length()
         step = Signal(max(1, step_bits))
-        use = word.row < m_rows
+        use = word.row < back.rows
         ready_scales = scale_fifo.o.valid & self.i_xs.valid & ~drain_xs
-        last_block = word.block == blocks_m1
+        last_block = word.block == back.blocks_m1
         row_xs = xs[word.row]
         g_cur = Mux(is_q8, cols, g_max)
         tile_col = Signal(16)       # the column of the word's output 0: tile · G
@@ -401,7 +424,7 @@ class MatmulEngine(wiring.Component):
             term = dequant.i.payload
             m.d.comb += [
                 term.sum.eq(word.sums[j]),
-                term.mode.eq(cmd.mode),
+                term.mode.eq(mode),
                 term.d_w.eq(ws[j].d),
                 term.m_w.eq(ws[j].m),
                 term.d_x.eq(row_xs.d),
@@ -412,7 +435,7 @@ class MatmulEngine(wiring.Component):
                 dequant.i.valid.eq(fire & active),
                 # An output's column is known when its last term is sent.
                 tags.i.valid.eq(fire & active & last_block),
-                tags.i.payload.eq(Cat((tile_col + j)[:16], parity)),
+                tags.i.payload.eq(Cat((tile_col + j)[:16], back.parity)),
             ]
         step_last = Mux(is_q8, (cols - 1) >> lane_bits, (g_max - 1) >> lane_bits)
         take_word = array.o.valid & ready_scales & (~use | (fire & (step == step_last)))
@@ -425,7 +448,8 @@ class MatmulEngine(wiring.Component):
             array.o.ready.eq(take_word),
             scale_fifo.o.ready.eq(release),
             self.i_xs.ready.eq(Mux(drain_xs, 1, release)),
-            word_done.eq(release & (word.tile == tiles_m1) & last_block),
+            word_done.eq(release & (word.tile == back.tiles_m1) & last_block),
+            backlog.o.ready.eq(word_done),
         ]
 
         # ---- Results ---------------------------------------------------------------------
@@ -492,5 +516,6 @@ class MatmulEngine(wiring.Component):
         with m.If(self.clear):
             m.d.sync += [self.errors.command.eq(0), self.errors.weights.eq(0),
                          self.errors.dequant.eq(0)]
-        m.d.comb += self.busy.eq(~self.i_cmd.ready | (pending != 0) | array.busy)
+        m.d.comb += self.busy.eq(~self.i_cmd.ready | backlog.o.valid | (pending != 0)
+                                 | array.busy)
         return m
