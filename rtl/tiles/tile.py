@@ -139,7 +139,12 @@ class Tile(wiring.Component):
         xs_words = rows * 32 // width
         packed = any(f in PACKED_FORMATS for f in config.weight_formats)
 
-        m.submodules.sram = sram = SRAM.from_config(config, ports=TILE_SRAM_PORTS)
+        # The activations are read once per k-step, one word a cycle at the array's full rate,
+        # with no slack to catch up on a lost bank; the two weight ports need 1.25 words a
+        # cycle between them (Q4_1) and run ahead. Round-robin, the act port lost one cycle
+        # in five to them: prefill ran at 79 % of the array's rate.
+        m.submodules.sram = sram = SRAM.from_config(config, ports=TILE_SRAM_PORTS,
+                                                    priority=("act",))
         m.submodules.engine = engine = MatmulEngine.from_config(config)
         assert WEIGHT_WORDS == 2
         m.submodules.weights = weights = RegionReader(width, sram.address_width, step=2)
@@ -702,13 +707,19 @@ class Tile(wiring.Component):
                 scales.o.ready.eq(Mux(vec_active, vec_b_ready, engine.i_xs.ready)),
             ]
         else:
+            # The engine holds a block's beat until the block's last array word, then wants the
+            # next at once (at M = 8 its term lanes have no cycle to spare). Assembled only
+            # then, the next beat came xs_words − 1 cycles late, every block: a beat is
+            # assembled ahead into a two-beat FIFO.
+            m.submodules.xs_beats = xs_beats = StreamFIFO(engine.i_xs.payload.shape(), 2)
+            wiring.connect(m, xs_beats.o, engine.i_xs)
             held = Signal(width * (xs_words - 1))
             part = Signal(range(xs_words))
             final = part == xs_words - 1
             m.d.comb += [
-                engine.i_xs.valid.eq(scales.o.valid & final & ~vec_active),
-                engine.i_xs.payload.eq(Cat(held, scales.o.payload.data)),
-                scales.o.ready.eq(Mux(vec_active, vec_b_ready, ~final | engine.i_xs.ready)),
+                xs_beats.i.valid.eq(scales.o.valid & final & ~vec_active),
+                xs_beats.i.payload.eq(Cat(held, scales.o.payload.data)),
+                scales.o.ready.eq(Mux(vec_active, vec_b_ready, ~final | xs_beats.i.ready)),
             ]
             with m.If(scales.o.valid & scales.o.ready & ~vec_active):
                 m.d.sync += part.eq(Mux(final, 0, part + 1))
