@@ -40,8 +40,8 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
 from .gguf_blocks import FORMATS, code_values, split_blocks
-from .tile import (SENDS_IN_FLIGHT, Kind, TileGeometry, TileModel, activation_layout,
-                   matmul_packet, send_packet, weight_layout)
+from .tile import (SENDS_IN_FLIGHT, WEIGHT_WORDS, Kind, TileGeometry, TileModel,
+                   activation_layout, matmul_packet, send_packet, weight_layout)
 
 
 __all__ = ["EDGE", "Packet", "Wait", "MatmulProgram", "MeshModel", "MAX_WORDS"]
@@ -193,10 +193,14 @@ class MatmulProgram:
                     items += self._writes(self.x_addr[i], x_words, **to)
                     items += self._writes(self.xs_addr[i], xs_words, **to)
             # One MATMUL per run of groups with the same rows: the full groups, then the
-            # last group of x if it is shorter.
+            # last group of x if it is shorter. A MATMUL streams its weights once per group
+            # as one job, so with several groups they must end on a whole beat
+            # (WEIGHT_WORDS words; docs/tile.md); else one MATMUL per group.
             runs = [[[i for i, (_, rows) in enumerate(groups) if rows == size]
                      for size in sorted({rows for _, rows in groups}, reverse=True)]
                     for groups in resident]
+            if self.w_raw[:self.per_chunk].size % (WEIGHT_WORDS * g.word_bits // 8):
+                runs = [[[i] for run in band for i in run] for band in runs]
             # done[t][j]: the answers from tile t that show chunk j's weights are no longer
             # read: up to the first SEND queued after the chunk's last MATMUL, because the
             # tile runs that SEND only once the MATMUL has taken all its inputs.
@@ -274,10 +278,14 @@ class MatmulProgram:
 
     def result(self, received):
         """y (M × N binary32 bits) from the packets the edge received: ``(src, kind, words)``
-        with the SEND answers among them."""
+        with the SEND answers among them. An ERROR answer, a SEND answer that is not the
+        program's or a missing one raises ValueError."""
         y = np.zeros((self.m, self.n), dtype=np.uint32)
         seen = set()
         for src, kind, words in received:
+            if kind == Kind.ERROR:
+                raise ValueError(f"tile {src} answered a micro-op with ERROR "
+                                 f"{int(words[0]):#x}")
             if kind != Kind.WRITE:
                 continue
             index = int(words[0])

@@ -90,6 +90,39 @@ def test_mesh_rows_share_the_groups_when_there_are_enough():
         assert np.array_equal(y, dequant.matmul("Q4_0", w_raw, x).view(np.uint32))
 
 
+@pytest.mark.parametrize("mesh", [(1, 1), (2, 1)])
+def test_groups_share_a_matmul_only_when_the_weights_end_on_a_beat(mesh):
+    # At 2 × 2 an MXFP4 chunk of K = 96 is 4 rows × 3 blocks × 17 bytes = 204 bytes, not a
+    # whole number of 16-byte beats: a MATMUL over several groups would be answered SHAPE
+    # (the weights stream once per group as one job), so each group gets its own. M = 5 is
+    # groups of 2, 2 and 1 rows.
+    rng = np.random.default_rng(7)
+    geometry = T.TileGeometry(rows=2, cols=2)
+    w_raw = _weights(rng, "MXFP4", 2 * 4 * mesh[0] * mesh[1], 96)
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    program = P.MatmulProgram("MXFP4", w_raw, x, *mesh, geometry)
+    received = P.MeshModel(*mesh, geometry).run(program.items)
+    assert not [p for p in received if p[1] == T.Kind.ERROR]
+    y = program.result(received)
+    assert np.array_equal(y, dequant.matmul("MXFP4", w_raw, x).view(np.uint32))
+    # Two chunks a tile, three one-group MATMULs each (`groups`: word 3, bits 32–39).
+    matmuls = [p for p in program.packets() if p.kind == T.Kind.MATMUL]
+    assert len(matmuls) == 2 * 3 * mesh[0] * mesh[1]
+    assert all((p.words[3] >> 32) & 0xFF == 1 for p in matmuls)
+
+
+def test_an_error_answer_is_not_a_result():
+    rng = np.random.default_rng(8)
+    w_raw = _weights(rng, "Q4_0", 4 * 16, 64)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    program = P.MatmulProgram("Q4_0", w_raw, x)
+    received = P.MeshModel().run(program.items)
+    received.insert(3, ((2, 1), T.Kind.ERROR, [1 << T.Error.SHAPE | 1 << 8]))
+    with pytest.raises(ValueError, match=r"^tile \(2, 1\) answered a micro-op with ERROR "
+                                         r"0x108$"):
+        program.result(received)
+
+
 @pytest.mark.parametrize("rows, cols", [(4, 4), (2, 8), (8, 3)])
 def test_smaller_arrays_take_a_word_per_k_step(rows, cols):
     # Activation codes take one SRAM word per k-step whatever the array's rows.
