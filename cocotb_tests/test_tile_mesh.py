@@ -3,8 +3,6 @@ edge port as micro-op packets, every result bit-exact with sim.dequant.matmul an
 the tiles send equal to the golden mesh model's, with random idle and stalls at the edge.
 """
 
-import os
-
 import cocotb
 import numpy as np
 import pytest
@@ -217,9 +215,7 @@ def _run(config, jobs, testcase="mesh_matmul", **extra):
                             "jobs": jobs, **extra})
 
 
-@pytest.mark.skipif(not os.environ.get("TESSERA_LONG"),
-                    reason="two more mesh models, outside make test's time budget: "
-                           "TESSERA_LONG=1 runs them")
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_x, mesh_y", [(1, 1), (2, 1)])
 def test_tile_mesh_small(mesh_x, mesh_y):
     from rtl.config import TesseraConfig
