@@ -40,8 +40,8 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
 from .gguf_blocks import FORMATS, code_values, split_blocks
-from .tile import (SENDS_IN_FLIGHT, WEIGHT_WORDS, Kind, TileGeometry, TileModel,
-                   activation_layout, matmul_packet, send_packet, weight_layout)
+from .tile import (SENDS_IN_FLIGHT, Kind, TileGeometry, TileModel, activation_layout,
+                   matmul_packet, send_packet, weight_layout)
 
 
 __all__ = ["EDGE", "Packet", "Wait", "MatmulProgram", "MeshModel", "MAX_WORDS"]
@@ -193,13 +193,12 @@ class MatmulProgram:
                     items += self._writes(self.x_addr[i], x_words, **to)
                     items += self._writes(self.xs_addr[i], xs_words, **to)
             # One MATMUL per run of groups with the same rows: the full groups, then the
-            # last group of x if it is shorter. A MATMUL streams its weights once per group
-            # as one job, so with several groups they must end on a whole beat
-            # (WEIGHT_WORDS words; docs/tile.md); else one MATMUL per group.
+            # last group of x if it is shorter; one MATMUL per group when the chunk's weights
+            # cannot serve several (they do not end on a whole beat).
             runs = [[[i for i, (_, rows) in enumerate(groups) if rows == size]
                      for size in sorted({rows for _, rows in groups}, reverse=True)]
                     for groups in resident]
-            if self.w_raw[:self.per_chunk].size % (WEIGHT_WORDS * g.word_bits // 8):
+            if not g.groups_share_weights(self.fmt, 1, self.k // 32):
                 runs = [[[i] for run in band for i in run] for band in runs]
             # done[t][j]: the answers from tile t that show chunk j's weights are no longer
             # read: up to the first SEND queued after the chunk's last MATMUL, because the

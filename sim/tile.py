@@ -146,6 +146,13 @@ class TileGeometry:
         """SRAM words of one block's activation scales (``rows`` pairs of 16-bit fields)."""
         return self.rows * 32 // self.word_bits
 
+    def groups_share_weights(self, fmt, tiles, blocks):
+        """Whether one MATMUL can run these weights (``tiles`` engine tiles of ``blocks``
+        32-element blocks) against several groups: they are read once per group as one job,
+        so they must end on a whole beat of the engine's weight stream (WEIGHT_WORDS words)."""
+        n = tiles * self.outputs_per_tile(fmt)
+        return n * blocks * _bytes_per_block32(fmt) % (WEIGHT_WORDS * self.word_bits // 8) == 0
+
 
 def _bytes_per_block32(fmt):
     elements, size = FORMATS[fmt][:2]
@@ -350,11 +357,7 @@ class TileModel:
                 and 1 <= f["groups"] and f["tiles"] * f["groups"] < 1 << 16
                 and not (fmt == "TQ2_0" and f["blocks"] % 8)):
             return False
-        # The weights are read once per group: with groups, they must end on a whole beat of
-        # the engine's weight stream (WEIGHT_WORDS SRAM words).
-        n = f["tiles"] * g.outputs_per_tile(fmt)
-        return f["groups"] == 1 or n * f["blocks"] * _bytes_per_block32(fmt) % (
-            WEIGHT_WORDS * g.word_bits // 8) == 0
+        return f["groups"] == 1 or g.groups_share_weights(fmt, f["tiles"], f["blocks"])
 
     def matmul_regions(self, f):
         """(start, end) of the weight, activation, scale and result regions (words)."""

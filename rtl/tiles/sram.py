@@ -74,7 +74,8 @@ class SRAM(wiring.Component):
     ecc : bool
         Store a SECDED code with each word.
     interleave : str
-        ``"low"``: word ``a`` lives in bank ``a % banks``; ``"high"``: in bank ``a // depth``.
+        ``"low"``: word ``a`` lives in bank ``a % banks``; ``"high"``: in bank ``a // depth``;
+        ``"xor"``: in bank ``(a ^ a // banks) % banks`` (row ``a // banks``, as ``"low"``).
     address_width : int
         Width of request addresses; wider than needed so that bad addresses can be expressed.
     priority : sequence of str
@@ -82,7 +83,7 @@ class SRAM(wiring.Component):
         ports (and over the priority ports after it in the sequence). For a port that must
         take a word every cycle beside others that can run ahead: it never loses its bank.
         The others wait while it holds theirs, so its addresses should move across the banks
-        (consecutive words do with the ``"low"`` interleave); it stops requesting, and frees
+        (consecutive words do with the ``"low"`` and ``"xor"`` interleaves); it stops requesting, and frees
         every bank, once seven responses are owed to it.
 
     Members

@@ -141,8 +141,8 @@ class Tile(wiring.Component):
 
         # The activations are read once per k-step, one word a cycle at the array's full rate,
         # with no slack to catch up on a lost bank; the two weight ports need 1.25 words a
-        # cycle between them (Q4_1) and run ahead. Round-robin, the act port lost one cycle
-        # in five to them: prefill ran at 79 % of the array's rate.
+        # cycle between them (Q4_1) and run ahead. Round-robin, or with the low interleave
+        # (which locks the three streams into step, docs/sram.md), prefill ran at 79 %.
         m.submodules.sram = sram = SRAM.from_config(config, ports=TILE_SRAM_PORTS,
                                                     priority=("act",))
         m.submodules.engine = engine = MatmulEngine.from_config(config)
