@@ -87,7 +87,7 @@ class TesseraConfig:
         Bits per SRAM word (data, not counting ECC); a multiple of 8 from 8 to 512.
     sram_ecc : bool
         Protect each SRAM word with a SECDED code (a 64-bit word gets 8 check bits, which fill
-        the 72-bit width of four ECP5 DP16KD exactly).
+        the 72-bit width of two ECP5 DP16KD in 512 × 36 exactly).
     sram_interleave : str
         One of :data:`SRAM_INTERLEAVES`.
     vector_max_length : int
@@ -110,8 +110,8 @@ class TesseraConfig:
     weight_formats: tuple = WEIGHT_FORMATS
     flit_width: int = 64
     buffer_depth: int = 4
-    sram_banks: int = 4
-    sram_bank_depth: int = 1024
+    sram_banks: int = 8
+    sram_bank_depth: int = 512
     sram_width: int = 64
     sram_ecc: bool = True
     sram_interleave: str = "xor"
