@@ -129,19 +129,42 @@ def _lean_runner():
     return LeanVerilator()
 
 
-def build(component, toplevel, *, quick=False, lean=True, waves=True, verilog_sources=()):
+#: Verilog converted in this process, by (``verilog_key``, toplevel): converting the tile takes
+#: 23 s, and six tests build it, several of them in each pytest-xdist worker.
+_converted = {}
+
+
+def _convert(component, toplevel, verilog_key):
+    # ``component`` may be a function that builds it: not called when the Verilog is reused
+    # (an elaboratable built and never elaborated draws Amaranth's UnusedElaboratable warning).
+    key = (verilog_key, toplevel)
+    if verilog_key is None or key not in _converted:
+        design = component() if callable(component) else component
+        text = verilog.convert(design, name=toplevel, emit_src=False)
+        if verilog_key is None:
+            return text
+        _converted[key] = text
+    return _converted[key]
+
+
+def build(component, toplevel, *, quick=False, lean=True, waves=True, verilog_sources=(),
+          verilog_key=None):
     """Build ``component`` as Verilog module ``toplevel``; reuse an identical earlier build.
 
     ``quick`` compiles the model without C++ optimisation (:data:`QUICK_BUILD`). ``lean``
     hides everything below the top module from VPI (:func:`_lean_runner`); a lean build
     compiles tracing in only with ``waves``, which :func:`run` asks for when a test failed.
     ``verilog_sources`` are hand-written Verilog files the component instantiates (simulation
-    models); their text is part of the build's key.
+    models); their text is part of the build's key. ``component`` may also be a function
+    returning the component, called only when its Verilog is needed. ``verilog_key``, when
+    given, names the component's design: a later call in this process with the same key and
+    ``toplevel`` reuses the Verilog converted the first time, so it must be given only to
+    components that elaborate identically (the same class built from equal configurations).
     """
     from cocotb_tools.runner import VerilatorControlFile, get_runner
 
     version = _verilator_env()
-    text = verilog.convert(component, name=toplevel, emit_src=False)
+    text = _convert(component, toplevel, verilog_key)
     text += "".join(Path(path).read_text() for path in verilog_sources)
     args = _VERILATOR_ARGS + (QUICK_BUILD if quick else [])
     if lean and not waves:
@@ -182,19 +205,20 @@ def _run_name():
 
 
 def run(component, *, toplevel, test_module, testcase=None, parameters=None, timeout_s=None,
-        quick_build=False, lean=True, verilog_sources=()):
+        quick_build=False, lean=True, verilog_sources=(), verilog_key=None):
     """Build ``component`` and run cocotb ``test_module`` (a dotted module name) against it.
 
     ``parameters`` (JSON-serialisable) reach the testbench through :func:`params`.
-    ``quick_build``, ``lean`` and ``verilog_sources`` are :func:`build`'s ``quick``, ``lean``
-    and ``verilog_sources``; a failed lean run is replayed on a second build, with tracing.
+    ``quick_build``, ``lean``, ``verilog_sources`` and ``verilog_key`` are :func:`build`'s
+    ``quick``, ``lean``, ``verilog_sources`` and ``verilog_key``; a failed lean run is
+    replayed on a second build, with tracing.
     Raises :class:`SimulationFailure` when a cocotb test fails.
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
     built = build(component, toplevel, quick=quick_build, lean=lean, waves=not lean,
-                  verilog_sources=verilog_sources)
+                  verilog_sources=verilog_sources, verilog_key=verilog_key)
     chosen = os.environ.get("TESSERA_SEED")
     seed_value = int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
     name = _run_name()
@@ -221,7 +245,7 @@ def run(component, *, toplevel, test_module, testcase=None, parameters=None, tim
             print(f"[tessera] {name}: failed; building a traced model to replay it",
                   file=sys.stderr)
             model = build(component, toplevel, quick=quick_build, lean=True, waves=True,
-                          verilog_sources=verilog_sources)
+                          verilog_sources=verilog_sources, verilog_key=verilog_key)
         runner = _lean_runner() if lean else get_runner("verilator")
         try:
             runner.test(test_module=test_module, hdl_toplevel=toplevel, testcase=testcase,

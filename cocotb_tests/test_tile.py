@@ -1239,8 +1239,9 @@ def _params(config):
 def _run(testcase):
     from rtl.tiles.tile import Tile
     config = _config()
-    harness.run(Tile(config), toplevel="tile", test_module="cocotb_tests.test_tile",
-                testcase=testcase, parameters=_params(config), quick_build=True)
+    harness.run(lambda: Tile(config), toplevel="tile", test_module="cocotb_tests.test_tile",
+                testcase=testcase, parameters=_params(config), quick_build=True,
+                verilog_key=("Tile", config))
 
 
 def test_encodings_agree():
