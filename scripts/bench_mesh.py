@@ -99,7 +99,6 @@ def synthesize_tiles():
 
 def run(progress=True, synthesis=True, meshes=MESHES):
     from concurrent.futures import ProcessPoolExecutor
-    from synth.flow import markdown_table
     start = time.monotonic()
     with ProcessPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(synthesize_tiles) if synthesis else None
@@ -107,7 +106,15 @@ def run(progress=True, synthesis=True, meshes=MESHES):
         if pending is not None and progress:
             print("waiting for the tiles' synthesis", flush=True)
         area = pending.result() if pending is not None else []
+    text = report(results, area, time.monotonic() - start)
+    OUTPUT.write_text(text)
+    return text
 
+
+def report(results, area, seconds):
+    """The text of docs/tile_performance.md: ``results`` of :func:`simulate`, ``area`` a
+    list of SynthResult (empty without synthesis), ``seconds`` the benchmark's time."""
+    from synth.flow import markdown_table
     config = TesseraConfig()
     lines = [
         "# Tile mesh: measured performance",
@@ -157,7 +164,5 @@ def run(progress=True, synthesis=True, meshes=MESHES):
         if over:
             lines += ["Over the device's capacity after Yosys (so no place-and-route):", "",
                       *over, ""]
-    lines.append(f"Benchmark time: {time.monotonic() - start:.0f} s.")
-    text = "\n".join(lines) + "\n"
-    OUTPUT.write_text(text)
-    return text
+    lines.append(f"Benchmark time: {seconds:.0f} s.")
+    return "\n".join(lines) + "\n"

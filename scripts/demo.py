@@ -125,10 +125,10 @@ def measure(job, config):
     }
 
 
-def area_rows():
+def area_rows(docs=REPO / "docs"):
     """ECP5 rows (block, LUT4, FF, DSP, BRAM, Fmax, source) of the mesh's blocks, from the
-    generated docs tables (``| Block | Target | LUT4 | FF | CCU2 | DSP | BRAM | LUT RAM |
-    Fmax |``)."""
+    generated docs tables in ``docs`` (``| Block | Target | LUT4 | FF | CCU2 | DSP | BRAM |
+    LUT RAM | Fmax |``)."""
     def table_rows(path):
         for line in path.read_text().splitlines():
             yield [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
@@ -137,7 +137,7 @@ def area_rows():
     for doc, names in (("area.md", ("sram", "mac_array", "unpack", "dequant", "router",
                                     "noc_interface", "mesh")),
                        ("tile_performance.md", ("tile", "tile, tile_vector=False"))):
-        path = REPO / "docs" / doc
+        path = docs / doc
         if not path.exists():
             continue
         for cells in table_rows(path):
@@ -145,7 +145,7 @@ def area_rows():
                 rows.append((cells[0], cells[2], cells[3], cells[5], cells[6], cells[8], doc))
     # The vector unit's own benchmark has ECP5 only: | Block | LUT4 | FF | CCU2 | MULT18X18D |
     # DP16KD | LUT RAM | Fmax (MHz) |.
-    path = REPO / "docs" / "vector_performance.md"
+    path = docs / "vector_performance.md"
     if path.exists():
         for cells in table_rows(path):
             if len(cells) == 8 and cells[0] == "vector_unit":

@@ -1,0 +1,40 @@
+"""The mesh benchmark's report (scripts/bench_mesh.py) and the demo's area table that reads it
+(scripts/demo.py), on made-up synthesis results: no simulation, no synthesis."""
+
+from scripts import bench_mesh, demo
+from synth.flow import SynthResult, overuse
+
+
+def _tiles():
+    # The default tile's real Yosys counts (docs/tile.md), which overuse() finds over the 85F,
+    # and a tile that fits with a place-and-route result.
+    big = SynthResult("tile", "ecp5", luts=85_000, ffs=60_000, carries=6_000, dsps=252,
+                      brams=16, lutrams=3_000)
+    big.over = overuse(big)
+    big.fits = not big.over
+    small = SynthResult("tile, tile_vector=False", "ecp5", luts=39_303, ffs=43_271,
+                        carries=4_898, dsps=148, brams=16, lutrams=1_949, fmax_mhz=40.5)
+    return big, small
+
+
+def test_report_lists_what_is_over_and_the_demo_reads_both_tiles(tmp_path):
+    big, small = _tiles()
+    assert big.over and not small.over
+    text = bench_mesh.report({}, [big, small], 12.0)
+    lines = text.splitlines()
+    assert "| tile | ecp5 | 85,000 | 60,000 | 6,000 | 252 | 16 | 3,000 | does not fit |" in lines
+    assert ("| tile, tile_vector=False | ecp5 | 39,303 | 43,271 | 4,898 | 148 | 16 | 1,949 "
+            "| 40.5 |") in lines
+    assert any(line.startswith("- tile: ") and "MULT18X18D: 252 of 156" in line
+               for line in lines)
+    assert not any(line.startswith("- tile, tile_vector=False:") for line in lines)
+    (tmp_path / "tile_performance.md").write_text(text)
+    rows = {row[0]: row for row in demo.area_rows(tmp_path)}
+    assert rows["tile"][1:6] == ("85,000", "60,000", "252", "16", "does not fit")
+    assert rows["tile, tile_vector=False"][1:6] == ("39,303", "43,271", "148", "16", "40.5")
+
+
+def test_report_without_synthesis_has_no_area_section():
+    text = bench_mesh.report({}, [], 3.0)
+    assert "## One tile on ECP5" not in text
+    assert text.rstrip().endswith("Benchmark time: 3 s.")
