@@ -10,8 +10,8 @@
 - Area and Fmax of one tile on ECP5 (synth/flow.py), unless ``--no-synth``: the default
   tile (with its vector unit it is over the LFE5U-85F's DSPs and LUTs, which the flow says
   after Yosys) and the tile these meshes simulate, without it (``tile_vector=False``: about
-  50 minutes of place-and-route). The synthesis runs in a second process beside the
-  simulations, one core each.
+  50 minutes of place-and-route). Each synthesis runs in a process of its own beside the
+  simulations.
 """
 
 import tempfile
@@ -85,27 +85,27 @@ def simulate(meshes, progress):
     return results
 
 
-#: The tiles synthesized: (row name, configuration).
+#: The tiles synthesized: (block name in the table, configuration).
 TILES = (("tile", TesseraConfig()),
-         ("tile, tile_vector=False", TesseraConfig(tile_vector=False)))
+         ("tile_no_vector", TesseraConfig(tile_vector=False)))
 
 
-def synthesize_tiles():
-    """SynthResult of each of TILES on ECP5, one after the other."""
+def synthesize_tile(name, config):
+    """SynthResult of a tile on ECP5."""
     from rtl.tiles.tile import Tile
     from synth.flow import synthesize
-    return [synthesize(Tile(config), name=name, target="ecp5") for name, config in TILES]
+    return synthesize(Tile(config), name=name, target="ecp5")
 
 
 def run(progress=True, synthesis=True, meshes=MESHES):
     from concurrent.futures import ProcessPoolExecutor
     start = time.monotonic()
-    with ProcessPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(synthesize_tiles) if synthesis else None
+    with ProcessPoolExecutor(max_workers=len(TILES)) as pool:
+        pending = [pool.submit(synthesize_tile, *tile) for tile in TILES] if synthesis else []
         results = simulate(meshes, progress)
-        if pending is not None and progress:
+        if pending and progress:
             print("waiting for the tiles' synthesis", flush=True)
-        area = pending.result() if pending is not None else []
+        area = [future.result() for future in pending]
     text = report(results, area, time.monotonic() - start)
     OUTPUT.write_text(text)
     return text
@@ -159,7 +159,9 @@ def report(results, area, seconds):
     ]
     if area:
         lines += ["## One tile on ECP5", "", markdown_table(area),
-                  "LFE5U-85F-6, out of context, registers on every port (synth/flow.py).", ""]
+                  "LFE5U-85F-6, out of context, registers on every port (synth/flow.py). "
+                  "`tile` is the default tile; `tile_no_vector` is the tile with "
+                  "`tile_vector=False`, the one these meshes simulate.", ""]
         over = [f"- {r.block}: {', '.join(r.over)}" for r in area if r.over]
         if over:
             lines += ["Over the device's capacity after Yosys (so no place-and-route):", "",

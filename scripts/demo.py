@@ -136,7 +136,7 @@ def area_rows(docs=REPO / "docs"):
     rows = []
     for doc, names in (("area.md", ("sram", "mac_array", "unpack", "dequant", "router",
                                     "noc_interface", "mesh")),
-                       ("tile_performance.md", ("tile", "tile, tile_vector=False"))):
+                       ("tile_performance.md", ("tile", "tile_no_vector"))):
         path = docs / doc
         if not path.exists():
             continue
