@@ -29,7 +29,13 @@ def test_report_lists_what_is_over_and_the_demo_reads_both_tiles(tmp_path):
                for line in lines)
     assert not any(line.startswith("- tile_no_vector:") for line in lines)
     (tmp_path / "tile_performance.md").write_text(text)
+    # The SRAM's row comes from its own benchmark's table, not from area.md's.
+    (tmp_path / "sram_performance.md").write_text(
+        "| sram_ecc | ecp5 | 3,976 | 3,199 | 72 | 0 | 16 | 52 | 88.2 |\n")
+    (tmp_path / "area.md").write_text("| sram | ecp5 | 1 | 2 | 3 | 0 | 16 | 0 | 999.0 |\n")
     rows = {row[0]: row for row in demo.area_rows(tmp_path)}
+    assert "sram" not in rows
+    assert rows["sram_ecc"][1:6] == ("3,976", "3,199", "0", "16", "88.2")
     assert rows["tile"][1:6] == ("85,000", "60,000", "252", "16", "does not fit")
     assert rows["tile_no_vector"][1:6] == ("39,303", "43,271", "148", "16", "40.5")
 
