@@ -83,8 +83,8 @@ class SRAM(wiring.Component):
         ports (and over the priority ports after it in the sequence). For a port that must
         take a word every cycle beside others that can run ahead: it never loses its bank.
         The others wait while it holds theirs, so its addresses should move across the banks
-        (consecutive words do with the ``"low"`` and ``"xor"`` interleaves); it stops requesting, and frees
-        every bank, once seven responses are owed to it.
+        (consecutive words do with the ``"low"`` and ``"xor"`` interleaves); it stops
+        requesting, and frees every bank, once seven responses are owed to it.
 
     Members
     -------
