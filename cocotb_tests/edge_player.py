@@ -52,6 +52,15 @@ class EdgePlayer(wiring.Component):
     """:class:`~rtl.tile_mesh.TileMesh` with its edge port driven from ``program`` and
     recorded into ``capture``.
 
+    Parameters
+    ----------
+    config : TesseraConfig
+    program_depth, capture_depth : int
+        Entries the program and capture memories hold.
+    tile_module : str or None
+        :class:`~rtl.tile_mesh.TileMesh`'s: the name of the tile's separately converted
+        Verilog module (:func:`tile_module`), or None to elaborate every tile.
+
     Members
     -------
     start : ``In(1)``
@@ -73,8 +82,10 @@ class EdgePlayer(wiring.Component):
         The mesh's ``busy``.
     """
 
-    def __init__(self, config, program_depth=1 << 18, capture_depth=1 << 16):
+    def __init__(self, config, program_depth=1 << 18, capture_depth=1 << 16, *,
+                 tile_module=None):
         self._config = config
+        self._tile_module = tile_module
         self._program_depth = program_depth
         self._capture_depth = capture_depth
         super().__init__({
@@ -88,7 +99,7 @@ class EdgePlayer(wiring.Component):
         config = self._config
         X = config.mesh_x
         tiles = config.mesh_x * config.mesh_y
-        m.submodules.mesh = mesh = TileMesh(config)
+        m.submodules.mesh = mesh = TileMesh(config, tile_module=self._tile_module)
         running = Signal()
         pc = Signal(range(self._program_depth))
         entry = Signal(ENTRY_BITS)

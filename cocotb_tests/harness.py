@@ -148,7 +148,7 @@ def _convert(component, toplevel, verilog_key):
 
 
 def build(component, toplevel, *, quick=False, lean=True, waves=True, verilog_sources=(),
-          verilog_key=None):
+          verilog_key=None, modules=()):
     """Build ``component`` as Verilog module ``toplevel``; reuse an identical earlier build.
 
     ``quick`` compiles the model without C++ optimisation (:data:`QUICK_BUILD`). ``lean``
@@ -160,11 +160,15 @@ def build(component, toplevel, *, quick=False, lean=True, waves=True, verilog_so
     given, names the component's design: a later call in this process with the same key and
     ``toplevel`` reuses the Verilog converted the first time, so it must be given only to
     components that elaborate identically (the same class built from equal configurations).
+    ``modules`` are ``(name, component, verilog_key)`` triples: components converted on their
+    own as Verilog module ``name`` (``component`` and ``verilog_key`` as above), for designs
+    that instantiate them (:class:`rtl.external.ExternalModule`).
     """
     from cocotb_tools.runner import VerilatorControlFile, get_runner
 
     version = _verilator_env()
     text = _convert(component, toplevel, verilog_key)
+    text += "".join(_convert(module, name, key) for name, module, key in modules)
     text += "".join(Path(path).read_text() for path in verilog_sources)
     args = _VERILATOR_ARGS + (QUICK_BUILD if quick else [])
     if lean and not waves:
@@ -205,12 +209,12 @@ def _run_name():
 
 
 def run(component, *, toplevel, test_module, testcase=None, parameters=None, timeout_s=None,
-        quick_build=False, lean=True, verilog_sources=(), verilog_key=None):
+        quick_build=False, lean=True, verilog_sources=(), verilog_key=None, modules=()):
     """Build ``component`` and run cocotb ``test_module`` (a dotted module name) against it.
 
     ``parameters`` (JSON-serialisable) reach the testbench through :func:`params`.
-    ``quick_build``, ``lean``, ``verilog_sources`` and ``verilog_key`` are :func:`build`'s
-    ``quick``, ``lean``, ``verilog_sources`` and ``verilog_key``; a failed lean run is
+    ``quick_build``, ``lean``, ``verilog_sources``, ``verilog_key`` and ``modules`` are
+    :func:`build`'s ``quick``, ``lean`` and the rest; a failed lean run is
     replayed on a second build, with tracing.
     Raises :class:`SimulationFailure` when a cocotb test fails.
     """
@@ -218,7 +222,7 @@ def run(component, *, toplevel, test_module, testcase=None, parameters=None, tim
     from cocotb_tools.runner import get_runner
 
     built = build(component, toplevel, quick=quick_build, lean=lean, waves=not lean,
-                  verilog_sources=verilog_sources, verilog_key=verilog_key)
+                  verilog_sources=verilog_sources, verilog_key=verilog_key, modules=modules)
     chosen = os.environ.get("TESSERA_SEED")
     seed_value = int(chosen) if chosen else random.SystemRandom().randrange(1 << 31)
     name = _run_name()
@@ -245,7 +249,8 @@ def run(component, *, toplevel, test_module, testcase=None, parameters=None, tim
             print(f"[tessera] {name}: failed; building a traced model to replay it",
                   file=sys.stderr)
             model = build(component, toplevel, quick=quick_build, lean=True, waves=True,
-                          verilog_sources=verilog_sources, verilog_key=verilog_key)
+                          verilog_sources=verilog_sources, verilog_key=verilog_key,
+                          modules=modules)
         runner = _lean_runner() if lean else get_runner("verilator")
         try:
             runner.test(test_module=test_module, hdl_toplevel=toplevel, testcase=testcase,

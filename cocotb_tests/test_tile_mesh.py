@@ -200,14 +200,23 @@ def _offsets(fmt):
     }
 
 
-def _run(config, jobs, testcase="mesh_matmul", **extra):
+#: The tile's Verilog module in a simulation build of the mesh: the tile is converted and
+#: compiled once for all the mesh's positions (rtl.external.ExternalModule).
+TILE_MODULE = "tessera_tile"
+
+
+def run_mesh(config, jobs, testcase="mesh_matmul", **extra):
+    """Build the edge player on ``config`` and run ``testcase`` on ``jobs`` (with ``extra``
+    parameters); scripts/demo.py runs its jobs through it too."""
     from dataclasses import asdict
     from rtl.noc.flit import FlitFormat
+    from rtl.tiles.tile import Tile
     from sim.tile import TileGeometry
     from .edge_player import VERILOG, EdgePlayer
-    harness.run(EdgePlayer(config), toplevel="tile_mesh_player",
+    harness.run(EdgePlayer(config, tile_module=TILE_MODULE), toplevel="tile_mesh_player",
                 test_module="cocotb_tests.test_tile_mesh", testcase=testcase, quick_build=True,
                 verilog_sources=[VERILOG],
+                modules=[(TILE_MODULE, lambda: Tile(config), ("Tile", config))],
                 parameters={"offsets": _offsets(FlitFormat.from_config(config)),
                             "mesh_x": config.mesh_x,
                             "mesh_y": config.mesh_y,
@@ -221,7 +230,7 @@ def test_tile_mesh_small(mesh_x, mesh_y):
     from rtl.config import TesseraConfig
     # 2 × 2 arrays; the default tile is in test_tile_mesh_2x2. Without the vector units,
     # which a matmul does not use and which are most of these tiles' build time.
-    _run(TesseraConfig(mesh_x=mesh_x, mesh_y=mesh_y, array_rows=2, array_cols=2,
+    run_mesh(TesseraConfig(mesh_x=mesh_x, mesh_y=mesh_y, array_rows=2, array_cols=2,
                        tile_vector=False),
          [["Q4_1", 1, 2, 64, 51, 51], ["MXFP4", 5, 2, 96, 26, 128], ["Q8_0", 1, 3, 32, 0, 0],
           ["TQ2_0", 2, 1, 256, 51, 51]])
@@ -235,7 +244,7 @@ def test_tile_mesh_2x2():
     # Without the tiles' vector units, which these matmuls do not use: four of them would add
     # 90 s to the build (test_tile.py runs VECTOR on the default tile; make demo builds the
     # default mesh with them).
-    _run(TesseraConfig(tile_vector=False),
+    run_mesh(TesseraConfig(tile_vector=False),
          [["Q8_0", 1, 2, 64, 26, 51], ["Q4_0", 1, 2, 96, 26, 51],
           ["Q4_1", 9, 2, 64, 51, 77], ["MXFP4", 1, 2, 64, 26, 51],
           ["TQ2_0", 1, 1, 256, 26, 51], ["Q4_1", 32, 1, 32, 26, 51],

@@ -5,6 +5,7 @@ from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .external import ExternalModule
 from .noc.flit import FlitFormat
 from .noc.interface import NetworkInterface
 from .noc.mesh import Mesh
@@ -28,6 +29,11 @@ class TileMesh(wiring.Component):
     Parameters
     ----------
     config : TesseraConfig
+    tile_module : str or None
+        None builds a :class:`~rtl.tiles.tile.Tile` at each position. A name instantiates the
+        Verilog module of that name instead (:class:`~rtl.external.ExternalModule`), which
+        must be ``Tile(config)`` converted on its own: simulation builds do so, to convert and
+        compile the tile once rather than once per position.
 
     Members
     -------
@@ -46,8 +52,13 @@ class TileMesh(wiring.Component):
         Some tile has a micro-op queued or running.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, tile_module=None):
+        if tile_module is not None and not (isinstance(tile_module, str)
+                                            and tile_module.isidentifier()):
+            raise ValueError(f"Tile module must be None or a Verilog identifier, not "
+                             f"{tile_module!r}")
         self._config = config
+        self._tile_module = tile_module
         fmt = self._fmt = FlitFormat.from_config(config)
         X, Y = config.mesh_x, config.mesh_y
         super().__init__({
@@ -68,6 +79,10 @@ class TileMesh(wiring.Component):
     @property
     def fmt(self):
         return self._fmt
+
+    @property
+    def tile_module(self):
+        return self._tile_module
 
     def elaborate(self, platform):
         m = Module()
@@ -95,7 +110,10 @@ class TileMesh(wiring.Component):
         for y in range(Y):
             for x in range(X):
                 ni = NetworkInterface(fmt, x, y, depth)
-                tile = Tile(config)
+                if self._tile_module is None:
+                    tile = Tile(config)
+                else:
+                    tile = ExternalModule(Tile.signature_for(config), self._tile_module)
                 m.submodules[f"ni_{x}_{y}"] = ni
                 m.submodules[f"tile_{x}_{y}"] = tile
                 wiring.connect(m, ni.o_link, mesh.i_local[y][x])

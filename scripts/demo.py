@@ -51,26 +51,14 @@ def prepare(workdir):
 
 def simulate(config, jobs, workdir, progress):
     """Run the jobs on the RTL mesh; ``progress(phase, fraction)`` is called while it runs."""
-    from dataclasses import asdict
-    from cocotb_tests import harness
-    from cocotb_tests.edge_player import VERILOG, EdgePlayer
-    from cocotb_tests.test_tile_mesh import _offsets
-    from rtl.noc.flit import FlitFormat
-    from sim.tile import TileGeometry
+    from cocotb_tests.test_tile_mesh import run_mesh
     progress_file = Path(workdir) / "progress.json"
     failure = []
 
     def run():
         try:
-            harness.run(EdgePlayer(config), toplevel="tile_mesh_player",
-                        test_module="cocotb_tests.test_tile_mesh", testcase="demo_run",
-                        quick_build=True, verilog_sources=[VERILOG],
-                        parameters={"offsets": _offsets(FlitFormat.from_config(config)),
-                                    "mesh_x": config.mesh_x,
-                                    "mesh_y": config.mesh_y,
-                                    "geometry": asdict(TileGeometry.from_config(config)),
-                                    "jobs": [str(job["path"]) for job in jobs],
-                                    "progress": str(progress_file)})
+            run_mesh(config, [str(job["path"]) for job in jobs], testcase="demo_run",
+                     progress=str(progress_file))
         except Exception as error:      # reported by the caller
             failure.append(error)
 

@@ -105,6 +105,14 @@ class Tile(wiring.Component):
     """
 
     def __init__(self, config):
+        self._config = config
+        super().__init__(Tile.signature_for(config))
+
+    @staticmethod
+    def signature_for(config):
+        """The signature of ``Tile(config)``, without building one: what stands in for a tile
+        whose Verilog is emitted on its own (:class:`~rtl.external.ExternalModule`) needs it.
+        Raises the tile's errors for a configuration it cannot take."""
         fmt = FlitFormat.from_config(config)
         if config.flit_width != config.sram_width:
             raise ValueError(f"Tile needs flit_width equal to sram_width, not "
@@ -114,9 +122,7 @@ class Tile(wiring.Component):
             raise ValueError(f"Tile needs array_rows·8 ≤ sram_width and array_rows·32 a "
                              f"multiple of sram_width, not array_rows {config.array_rows} and "
                              f"sram_width {config.sram_width}")
-        self._config = config
-        self._fmt = fmt
-        super().__init__({
+        return wiring.Signature({
             "i_header": In(stream.Signature(NetworkInterface.received_header_layout(fmt))),
             "i": In(stream.Signature(NetworkInterface.word_layout(fmt))),
             "o_header": Out(stream.Signature(fmt.header)),
