@@ -103,22 +103,47 @@ def _weights(rng, fmt, n, k):
     return quantize(w, getattr(GGMLQuantizationType, fmt))
 
 
+def _real_operands(nrng, name, m, chunks, geometry, tiles):
+    """(fmt, w_raw, x): ``chunks`` groups per tile of consecutive rows of SmolLM2's tensor
+    ``name`` as the GGUF file stores them, from a random first row, times the first ``m``
+    tokens of the real prompt's layer-0 input (sim/smollm2.py)."""
+    from sim.smollm2 import prompt_activations, tensors
+    tensor = {t.name: t for t in tensors()}[name]
+    fmt = tensor.tensor_type.name
+    n = chunks * geometry.outputs_per_tile(fmt) * tiles
+    first = int(nrng.integers(0, tensor.data.shape[0] - n + 1))
+    x = prompt_activations()[:m]
+    assert len(x) == m, f"the prompt has {len(x)} tokens, not {m}"
+    return fmt, np.array(tensor.data[first:first + n]), x
+
+
 @cocotb.test()
 async def mesh_matmul(dut):
+    """The ``jobs`` parameter's matmuls, each ``[source, m, chunks, k, idle, stall]``:
+    ``source`` a weight format (random weights, ``k`` columns, random activations) or the
+    name of a SmolLM2 tensor (real rows times the real prompt's first ``m`` tokens, ``k``
+    unused); ``chunks`` groups of output rows per tile; edge idle and stall in 256ths."""
     import time
     from sim import dequant
     from sim.mesh_program import MatmulProgram, MeshModel
     from sim.tile import TileGeometry
+    from rtl.config import WEIGHT_FORMATS
     p = harness.params()
     seed = harness.seed()
     nrng = np.random.default_rng(seed)
     geometry = TileGeometry(**p["geometry"])
     dut.start.value = 0
     await start_clock_and_reset(dut)
-    for fmt, m, chunks, k, idle, stall in p["jobs"]:
-        n = chunks * geometry.outputs_per_tile(fmt) * p["mesh_x"] * p["mesh_y"]
-        w_raw = _weights(nrng, fmt, n, k)
-        x = nrng.standard_normal((m, k)).astype(np.float32)
+    for source, m, chunks, k, idle, stall in p["jobs"]:
+        tiles = p["mesh_x"] * p["mesh_y"]
+        if source in WEIGHT_FORMATS:
+            fmt = source
+            n = chunks * geometry.outputs_per_tile(fmt) * tiles
+            w_raw = _weights(nrng, fmt, n, k)
+            x = nrng.standard_normal((m, k)).astype(np.float32)
+        else:
+            fmt, w_raw, x = _real_operands(nrng, source, m, chunks, geometry, tiles)
+            n, k = w_raw.shape[0], x.shape[1]
         program = MatmulProgram(fmt, w_raw, x, p["mesh_x"], p["mesh_y"], geometry)
         expected = MeshModel(p["mesh_x"], p["mesh_y"], geometry).run(program.items)
         entries = program_entries(program, p["offsets"], p["mesh_x"])
@@ -126,7 +151,8 @@ async def mesh_matmul(dut):
         cycles, captured = await play(dut, entries, idle=idle, stall=stall)
         wall = time.monotonic() - wall
         received = parse_capture(captured, p["offsets"])
-        label = f"{fmt} M={m} N={n} K={k} on {p['mesh_x']}x{p['mesh_y']}"
+        name = fmt if source == fmt else f"{source} ({fmt})"
+        label = f"{name} M={m} N={n} K={k} on {p['mesh_x']}x{p['mesh_y']}"
         assert len(received) == len(expected), \
             f"{label}: {len(received)} packets at the edge, expected {len(expected)}"
         for tile in sorted({src for src, _, _ in expected}):
@@ -231,21 +257,21 @@ def test_tile_mesh_small(mesh_x, mesh_y):
     # 2 × 2 arrays; the default tile is in test_tile_mesh_2x2. Without the vector units,
     # which a matmul does not use and which are most of these tiles' build time.
     run_mesh(TesseraConfig(mesh_x=mesh_x, mesh_y=mesh_y, array_rows=2, array_cols=2,
-                       tile_vector=False),
-         [["Q4_1", 1, 2, 64, 51, 51], ["MXFP4", 5, 2, 96, 26, 128], ["Q8_0", 1, 3, 32, 0, 0],
-          ["TQ2_0", 2, 1, 256, 51, 51]])
+                           tile_vector=False),
+             [["Q4_1", 1, 2, 64, 51, 51], ["MXFP4", 5, 2, 96, 26, 128], ["Q8_0", 1, 3, 32, 0, 0],
+              ["TQ2_0", 2, 1, 256, 51, 51], ["blk.0.attn_q.weight", 5, 1, None, 51, 51]])
 
 
 @pytest.mark.slow
 def test_tile_mesh_2x2():
     from rtl.config import TesseraConfig
     # The default configuration: every format in decode; Q4_1 (SmolLM2's format) with two
-    # groups of activation rows (M = 9) and prefill's M = 32 (four groups); a full-rate run.
-    # Without the tiles' vector units, which these matmuls do not use: four of them would add
-    # 90 s to the build (test_tile.py runs VECTOR on the default tile; make demo builds the
-    # default mesh with them).
+    # groups of activation rows (M = 9) and prefill's M = 32 (four groups); a full-rate run;
+    # rows of SmolLM2's real ffn_up times the real prompt. Without the tiles' vector units,
+    # which these matmuls do not use (test_tile.py runs VECTOR on the default tile; make demo
+    # builds the default mesh with them).
     run_mesh(TesseraConfig(tile_vector=False),
-         [["Q8_0", 1, 2, 64, 26, 51], ["Q4_0", 1, 2, 96, 26, 51],
-          ["Q4_1", 9, 2, 64, 51, 77], ["MXFP4", 1, 2, 64, 26, 51],
-          ["TQ2_0", 1, 1, 256, 26, 51], ["Q4_1", 32, 1, 32, 26, 51],
-          ["Q4_1", 1, 3, 64, 0, 0]])
+             [["Q8_0", 1, 2, 64, 26, 51], ["Q4_0", 1, 2, 96, 26, 51],
+              ["Q4_1", 9, 2, 64, 51, 77], ["MXFP4", 1, 2, 64, 26, 51],
+              ["TQ2_0", 1, 1, 256, 26, 51], ["Q4_1", 32, 1, 32, 26, 51],
+              ["Q4_1", 1, 3, 64, 0, 0], ["blk.0.ffn_up.weight", 5, 1, None, 26, 51]])
