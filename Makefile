@@ -40,7 +40,8 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest -n $(JOBS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-# Regenerate the generated tables in docs/ (synthesis of every block, default configuration).
+# Regenerate docs/area.md (synthesis of every block but the slow ones, which their benchmarks
+# measure; default configuration).
 docs: $(STAMP)
 	$(BIN)/tessera docs
 

@@ -45,3 +45,22 @@ def test_synth_prints_a_table_row(capsys, tmp_path):
 def test_area_report_names_its_configuration_and_how_to_regenerate():
     text = area_report([SynthResult(block="fifo", target="generic", ffs=3)], TesseraConfig())
     assert "make docs" in text and "buffer_depth=4" in text and "| fifo | generic |" in text
+
+
+def test_docs_synthesizes_every_block_but_the_slow_ones(monkeypatch, tmp_path):
+    import scripts.tessera as tessera
+    from rtl.blocks import BLOCKS, SLOW_BLOCKS
+    from synth.flow import TARGETS
+    jobs = []
+
+    def fake(given, *, progress=True):
+        jobs.extend(given)
+        return [SynthResult(block=block, target=target, ffs=1) for block, target, _ in given]
+    monkeypatch.setattr(tessera, "_synthesize_all", fake)
+    monkeypatch.setattr(tessera, "DOCS_AREA", tmp_path / "area.md")
+    monkeypatch.setattr(tessera, "REPO", tmp_path)
+    assert main(["docs"]) in (None, 0)
+    assert {(block, target) for block, target, _ in jobs} == \
+        {(block, target) for block in BLOCKS if block not in SLOW_BLOCKS for target in TARGETS}
+    text = (tmp_path / "area.md").read_text()
+    assert "tile_performance.md" in text and "vector_performance.md" in text
