@@ -107,8 +107,8 @@ def area_report(results, config):
         "[synthesis.md](synthesis.md) for the flow.\n\n"
         + markdown_table(results)
         + "\nNot here: the blocks whose synthesis takes tens of minutes, measured by their "
-        "benchmarks. The tile (`tessera bench mesh`, with and without its vector unit, "
-        "which holds the matmul engine) in [tile_performance.md](tile_performance.md); the "
+        "benchmarks. The tile, which holds the matmul engine (`tessera bench mesh`, with and "
+        "without its vector unit), in [tile_performance.md](tile_performance.md); the "
         "vector unit (`tessera bench vector`) in [vector_performance.md](vector_performance.md); "
         "the tile mesh is four tiles, which do not fit one device.\n"
     )

@@ -41,9 +41,11 @@ Area and Fmax come from two different netlists:
 Each tool runs with its working directory set to a per-run work directory (YoWASP tools see only
 that directory) and relative file names; the RTLIL, the Yosys scripts, the netlists, the nextpnr
 report and one log per tool stay there for inspection. Place-and-route uses a fixed seed so that
-results are reproducible. On ECP5 nextpnr runs twice: placement (``placed.json``), then routing of
-that placement with router1 for at most :data:`ROUTER1_BUDGET_S` seconds, else with router2
-(:attr:`SynthResult.router` says which).
+results are reproducible. On ECP5 nextpnr places and routes with router1 for at most
+:data:`ROUTER1_BUDGET_S` seconds, else places and routes again with router2 (the same placement:
+the seed is fixed); :attr:`SynthResult.router` says which. Placement and routing stay in one run:
+a placement written with ``--write`` and routed by a second run is packed again on loading, and
+routed so it timed 5 to 17 % slower (fp_add: 139.1 MHz against 162.9 from the same netlist).
 
 Amaranth ``Assert`` statements become ``$check`` cells; ``chformal -remove`` drops them right after
 reading so that logic feeding only assertions is not counted.
@@ -86,13 +88,14 @@ PNR_FREQ_MHZ = {"ecp5": 300, "ice40": 200}
 #: The clock whose Fmax is reported: the harness's (and Amaranth's default ``sync``) clock port.
 CLOCK = "clk"
 
-#: Seconds of routing the ECP5 flow gives nextpnr's default router (router1) before it routes the
-#: same placement again with router2. router1 gives the better Fmax (router2 measured 13-30 %
-#: lower on the router, sram, dequant, mac_array and mesh blocks), but on a congested design it
-#: can route for hours: on the compute tile (logic packed 79 % full into the top 60 % of the
-#: device) it had routed half of its 180,700 arcs after 35 minutes, while router2 routed the
-#: same placement in 4. The slowest block router1 does route, vector_unit, takes 10 minutes.
-ROUTER1_BUDGET_S = 20 * 60
+#: Seconds the ECP5 flow gives a place-and-route with nextpnr's default router (router1) before
+#: it places and routes again with router2. router1 gives the better Fmax (router2 measured
+#: 13-30 % lower on the router, sram, dequant, mac_array and mesh blocks; fp_add 123.3 MHz
+#: against 162.9), but on a congested design it can route for hours: on the compute tile (logic
+#: packed 79 % full into the top 60 % of the device) it had routed half of its 180,700 arcs
+#: after 35 minutes, while router2 routed the same placement in 4. The slowest block router1
+#: does route, vector_unit, takes 10 minutes to route, after its placement.
+ROUTER1_BUDGET_S = 40 * 60
 
 _NEXTPNR_ARGS = {
     "ecp5": ["--85k", "--package", "CABGA381", "--speed", "6", "--out-of-context"],
@@ -531,31 +534,19 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
         "--seed", str(PNR_SEED),
     ]
     router = "router1"
-    log_name = "nextpnr.log"
     if target == "ecp5":
-        # Place once (out of context every cell is then locked), route with a time limit.
-        returncode, log, command = _run(tool, [*options, "--json", f"{harness_name}.json",
-                                               "--no-route", "--write", "placed.json"],
-                                        workdir, "nextpnr_place.log", check=False)
-        if returncode != 0:
-            log_name = "nextpnr_place.log"
-        else:
-            try:
-                returncode, log, command = _run(tool, [*options, "--json", "placed.json",
-                                                       "--report", "report.json"],
-                                                workdir, "nextpnr.log", check=False,
-                                                timeout=ROUTER1_BUDGET_S)
-            except subprocess.TimeoutExpired:
-                (workdir / "nextpnr.log").replace(workdir / "nextpnr_router1.log")
-                # The placed design's own settings name its router and override --router.
-                placed = json.loads((workdir / "placed.json").read_text())
-                for module in placed["modules"].values():
-                    module.setdefault("settings", {})["router"] = "router2"
-                (workdir / "placed.json").write_text(json.dumps(placed))
-                router = "router2"
-                returncode, log, command = _run(tool, [*options, "--json", "placed.json",
-                                                       "--report", "report.json"],
-                                                workdir, "nextpnr.log", check=False)
+        try:
+            returncode, log, command = _run(tool, [*options, "--json", f"{harness_name}.json",
+                                                   "--report", "report.json"],
+                                            workdir, "nextpnr.log", check=False,
+                                            timeout=ROUTER1_BUDGET_S)
+        except subprocess.TimeoutExpired:
+            (workdir / "nextpnr.log").replace(workdir / "nextpnr_router1.log")
+            router = "router2"
+            returncode, log, command = _run(tool, [*options, "--router", "router2",
+                                                   "--json", f"{harness_name}.json",
+                                                   "--report", "report.json"],
+                                            workdir, "nextpnr.log", check=False)
     else:
         returncode, log, command = _run(tool, [*options, "--json", f"{harness_name}.json",
                                                "--report", "report.json"],
@@ -565,7 +556,7 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
             result.fits = False
             return _finish(result, workdir, start)
         raise RuntimeError(_failure_message(tool, command, workdir, returncode,
-                                            workdir / log_name, log))
+                                            workdir / "nextpnr.log", log))
     result.fmax_mhz = _fmax(json.loads((workdir / "report.json").read_text()))
     result.router = router
     return _finish(result, workdir, start)

