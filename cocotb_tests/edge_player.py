@@ -59,7 +59,8 @@ class EdgePlayer(wiring.Component):
         Entries the program and capture memories hold.
     tile_module : str or None
         :class:`~rtl.tile_mesh.TileMesh`'s: the name of the tile's separately converted
-        Verilog module (:func:`tile_module`), or None to elaborate every tile.
+        Verilog module (``TILE_MODULE`` in cocotb_tests/test_tile_mesh.py, whose
+        ``run_mesh`` converts it), or None to elaborate every tile.
 
     Members
     -------
