@@ -19,7 +19,7 @@ END     stop; ``done`` rises
 
 from pathlib import Path
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -79,6 +79,11 @@ class EdgePlayer(wiring.Component):
         refuses what the mesh offers with probability ``stall``/256 (from an LFSR).
     errors : ``Out(8)``
         The mesh's tiles' errors, ORed.
+    tile_errors : ``Out(8 · tiles)``
+        Each tile's errors: tile (x, y) in bits 8·t to 8·t + 7, t = (y − 1)·mesh_x + x − 1 (one
+        flat port, which a lean Verilator build makes visible to the testbench).
+    clear : ``In(1)``
+        Clears every tile's errors.
     busy : ``Out(1)``
         The mesh's ``busy``.
     """
@@ -92,6 +97,7 @@ class EdgePlayer(wiring.Component):
         super().__init__({
             "start": In(1), "done": Out(1), "cycles": Out(32), "captured": Out(32),
             "idle": In(8), "stall": In(8), "position": Out(32), "errors": Out(8),
+            "tile_errors": Out(8 * config.mesh_x * config.mesh_y), "clear": In(1),
             "busy": Out(1),
         })
 
@@ -164,5 +170,7 @@ class EdgePlayer(wiring.Component):
                          self.captured.eq(0)]
             m.d.sync += [a.eq(0) for a in answers]
         m.d.comb += [self.errors.eq(mesh.errors), self.busy.eq(mesh.busy), self.position.eq(pc),
-                     mesh.clear.eq(0)]
+                     self.tile_errors.eq(Cat(mesh.tile_errors[y][x] for y in range(config.mesh_y)
+                                             for x in range(X))),
+                     mesh.clear.eq(self.clear)]
         return m

@@ -19,15 +19,16 @@ def _pack(fields, offsets):
     return word
 
 
-def program_entries(program, offsets, mesh_x):
+def program_entries(program, offsets, mesh_x, *, items=None, answers=None):
     """The program's packets and waits as edge-player entries (cocotb_tests/edge_player.py),
-    ending with a wait for every answer and END."""
+    ending with a wait for every answer and END. ``items`` replaces ``program.items`` and
+    ``answers`` (tile: count) the answers its SENDs make."""
     from sim.mesh_program import Packet, Wait
     from .edge_player import END, HEADER, WAIT, WORD
     h = offsets["header"]
     entries = []
     totals = {}
-    for item in program.items:
+    for item in program.items if items is None else items:
         if isinstance(item, Wait):
             tile = (item.tile[1] - 1) * mesh_x + item.tile[0] - 1
             entries.append((WAIT << 64) | tile | (item.answers << 8))
@@ -41,7 +42,7 @@ def program_entries(program, offsets, mesh_x):
         entries += [(WORD << 64) | int(w) for w in item.words]
     for t, *_ in program.sends:
         totals[t] = totals.get(t, 0) + 1
-    for t, count in totals.items():
+    for t, count in (totals if answers is None else answers).items():
         entries.append((WAIT << 64) | ((t[1] - 1) * mesh_x + t[0] - 1) | (count << 8))
     entries.append(END << 64)
     return entries
@@ -103,6 +104,42 @@ def _weights(rng, fmt, n, k):
     return quantize(w, getattr(GGMLQuantizationType, fmt))
 
 
+def with_bad_micro_ops(program, geometry):
+    """``program.items`` with four bad micro-ops, the issue's bad input, dealt to the tiles in
+    turn, each right behind the first MATMUL its tile receives (so the tile drains it while a
+    MATMUL runs, then serves the rest of the program): an unknown micro-op; a MATMUL whose
+    activations run past the end of the SRAM; a MATMUL of so many weight rows that its
+    weights do not fit the SRAM; a MATMUL of more activation rows than the array has. Each
+    adds an ERROR answer from its tile, so that tile's later waits count one answer more."""
+    from dataclasses import replace
+    from sim.mesh_program import Packet, Wait
+    from sim.tile import Kind, pack_fields, unpack_fields
+    items = list(program.items)
+    tiles = [(x + 1, y + 1) for y in range(program.mesh_y) for x in range(program.mesh_x)]
+
+    def reaches(item, t):
+        last = item.last if item.multicast else item.dst
+        return item.dst[0] <= t[0] <= last[0] and item.dst[1] <= t[1] <= last[1]
+
+    bad = [lambda f: None, lambda f: f.update(x_addr=geometry.words - 1),
+           lambda f: f.update(tiles=geometry.words), lambda f: f.update(rows=geometry.rows + 1)]
+    for i, change in enumerate(bad):
+        t = tiles[i % len(tiles)]
+        at = next(j for j, item in enumerate(items) if isinstance(item, Packet)
+                  and item.kind == Kind.MATMUL and reaches(item, t))
+        if i == 0:
+            packet = Packet(t, 7, (0x5A5A,))
+        else:
+            fields = unpack_fields(Kind.MATMUL, items[at].words)
+            change(fields)
+            packet = Packet(t, Kind.MATMUL, tuple(pack_fields(Kind.MATMUL, fields)))
+        items = [*items[:at + 1], packet,
+                 *(replace(item, answers=item.answers + 1)
+                   if isinstance(item, Wait) and item.tile == t else item
+                   for item in items[at + 1:])]
+    return items
+
+
 def _real_operands(nrng, name, m, chunks, geometry, tiles):
     """(fmt, w_raw, x): ``chunks`` groups per tile of consecutive rows of SmolLM2's tensor
     ``name`` as the GGUF file stores them, from a random first row, times the first ``m``
@@ -119,22 +156,24 @@ def _real_operands(nrng, name, m, chunks, geometry, tiles):
 
 @cocotb.test()
 async def mesh_matmul(dut):
-    """The ``jobs`` parameter's matmuls, each ``[source, m, chunks, k, idle, stall]``:
-    ``source`` a weight format (random weights, ``k`` columns, random activations) or the
-    name of a SmolLM2 tensor (real rows times the real prompt's first ``m`` tokens, ``k``
-    unused); ``chunks`` groups of output rows per tile; edge idle and stall in 256ths."""
+    """The ``jobs`` parameter's matmuls, each ``[source, m, chunks, k, idle, stall]`` and
+    optionally ``"bad"``: ``source`` a weight format (random weights, ``k`` columns, random
+    activations) or the name of a SmolLM2 tensor (real rows times the real prompt's first
+    ``m`` tokens, ``k`` unused); ``chunks`` groups of output rows per tile; edge idle and
+    stall in 256ths; ``"bad"`` adds :func:`with_bad_micro_ops`, whose ERROR answers and
+    error bits must be the golden model's while every result stays bit-exact."""
     import time
     from sim import dequant
     from sim.mesh_program import MatmulProgram, MeshModel
-    from sim.tile import TileGeometry
+    from sim.tile import Kind, TileGeometry
     from rtl.config import WEIGHT_FORMATS
     p = harness.params()
     seed = harness.seed()
     nrng = np.random.default_rng(seed)
     geometry = TileGeometry(**p["geometry"])
-    dut.start.value = 0
+    dut.start.value = dut.clear.value = 0
     await start_clock_and_reset(dut)
-    for source, m, chunks, k, idle, stall in p["jobs"]:
+    for source, m, chunks, k, idle, stall, *bad in p["jobs"]:
         tiles = p["mesh_x"] * p["mesh_y"]
         if source in WEIGHT_FORMATS:
             fmt = source
@@ -145,8 +184,16 @@ async def mesh_matmul(dut):
             fmt, w_raw, x = _real_operands(nrng, source, m, chunks, geometry, tiles)
             n, k = w_raw.shape[0], x.shape[1]
         program = MatmulProgram(fmt, w_raw, x, p["mesh_x"], p["mesh_y"], geometry)
-        expected = MeshModel(p["mesh_x"], p["mesh_y"], geometry).run(program.items)
-        entries = program_entries(program, p["offsets"], p["mesh_x"])
+        assert bad in ([], ["bad"]), f"a job's seventh field is 'bad' or nothing, not {bad}"
+        items = with_bad_micro_ops(program, geometry) if bad else program.items
+        expected = MeshModel(p["mesh_x"], p["mesh_y"], geometry).run(items)
+        errors = [packet for packet in expected if packet[1] == Kind.ERROR]
+        assert len(errors) == (4 if bad else 0), f"the golden model answered {errors}"
+        answers = {}
+        for src, _, _ in expected:
+            answers[src] = answers.get(src, 0) + 1
+        entries = program_entries(program, p["offsets"], p["mesh_x"], items=items,
+                                  answers=answers)
         wall = time.monotonic()
         cycles, captured = await play(dut, entries, idle=idle, stall=stall)
         wall = time.monotonic() - wall
@@ -165,16 +212,33 @@ async def mesh_matmul(dut):
                                          f"{g[0]} with {len(g[1])} words, expected kind {e[0]} "
                                          f"with {len(e[1])}; first words {g[1][:3]} vs "
                                          f"{e[1][:3]}")
-        y = program.result(received)
+        y = program.result([packet for packet in received if packet[1] != Kind.ERROR])
         reference = dequant.matmul(fmt, w_raw, x).view(np.uint32)
         mismatch = np.argwhere(y != reference)
         assert mismatch.size == 0, (f"{label}: y{tuple(mismatch[0])} = "
                                     f"{y[tuple(mismatch[0])]:#x}, expected "
                                     f"{reference[tuple(mismatch[0])]:#x}")
-        assert int(dut.errors.value) == 0, f"{label}: errors {int(dut.errors.value):#x}"
-        print(f"[tessera] {label}, idle {idle}/256, stall {stall}/256: "
-              f"{len(program.packets())} packets, {cycles} cycles, bit-exact "
-              f"({cycles / wall:,.0f} cycles/s)")
+        # Each tile's sticky errors are the bits of the ERRORs it answered, no more.
+        tile_errors = int(dut.tile_errors.value)
+        for y_ in range(p["mesh_y"]):
+            for x_ in range(p["mesh_x"]):
+                t = y_ * p["mesh_x"] + x_
+                want = 0
+                for src, _, words in errors:
+                    if src == (x_ + 1, y_ + 1):
+                        want |= int(words[0]) & 0xFF
+                got = (tile_errors >> 8 * t) & 0xFF
+                assert got == want, f"{label}: tile {(x_ + 1, y_ + 1)} errors {got:#x}, " \
+                    f"expected {want:#x}"
+        dut.clear.value = 1
+        await RisingEdge(dut.clk)
+        dut.clear.value = 0
+        await RisingEdge(dut.clk)
+        assert int(dut.errors.value) == 0, f"{label}: errors {int(dut.errors.value):#x} " \
+            f"after clear"
+        print(f"[tessera] {label}, idle {idle}/256, stall {stall}/256"
+              f"{', with bad micro-ops' if bad else ''}: {len(program.packets())} packets, "
+              f"{cycles} cycles, bit-exact ({cycles / wall:,.0f} cycles/s)")
 
 
 @cocotb.test()
@@ -188,7 +252,7 @@ async def demo_run(dut):
     from sim.tile import TileGeometry
     p = harness.params()
     geometry = TileGeometry(**p["geometry"])
-    dut.start.value = 0
+    dut.start.value = dut.clear.value = 0
     await start_clock_and_reset(dut)
     progress_file = Path(p["progress"])
     for index, job in enumerate(p["jobs"]):
@@ -256,13 +320,15 @@ def test_tile_mesh_small(mesh_x, mesh_y):
     from rtl.config import TesseraConfig
     # 2 × 2 arrays; the default tile is in test_tile_mesh_2x2. Without the vector units,
     # which a matmul does not use and which are most of these tiles' build time.
-    # Every format in decode (M = 1) and prefill (M = 32) shapes, then odd M and a full-rate
-    # edge, then real rows of SmolLM2's attn_q times the real prompt.
+    # Every format in decode (M = 1) and prefill (M = 32) shapes, then the bad micro-ops
+    # among a matmul's, odd M and a full-rate edge, then real rows of SmolLM2's attn_q times
+    # the real prompt.
     shapes = [[fmt, m, 1, 256 if fmt == "TQ2_0" else 64, 51, 51]
               for fmt in ("Q8_0", "Q4_0", "Q4_1", "MXFP4", "TQ2_0") for m in (1, 32)]
     run_mesh(TesseraConfig(mesh_x=mesh_x, mesh_y=mesh_y, array_rows=2, array_cols=2,
                            tile_vector=False),
-             [*shapes, ["Q4_1", 1, 2, 64, 51, 51], ["MXFP4", 5, 2, 96, 26, 128],
+             [*shapes, ["Q4_1", 1, 2, 64, 51, 51], ["Q4_1", 5, 2, 64, 51, 51, "bad"],
+              ["MXFP4", 5, 2, 96, 26, 128],
               ["Q8_0", 1, 3, 32, 0, 0], ["TQ2_0", 2, 1, 256, 51, 51],
               ["blk.0.attn_q.weight", 5, 1, None, 51, 51]])
 
