@@ -46,6 +46,13 @@ def test_report_without_synthesis_has_no_area_section():
     assert text.rstrip().endswith("Benchmark time: 3 s.")
 
 
+def test_report_while_the_synthesis_runs_says_so():
+    text = bench_mesh.report({}, [], 5.0, pending=True)
+    assert "The tiles' synthesis was still running" in text
+    assert text.rstrip().endswith("Simulations' time: 5 s.")
+    assert "Benchmark time" not in text
+
+
 def test_tile_block_names_are_identifiers():
     # synth.flow.synthesize refuses other names, and only after the simulations would the
     # benchmark find out.
