@@ -43,7 +43,9 @@ that directory) and relative file names; the RTLIL, the Yosys scripts, the netli
 report and one log per tool stay there for inspection. Place-and-route uses a fixed seed so that
 results are reproducible. On ECP5 nextpnr places and routes with router1 for at most
 :data:`ROUTER1_BUDGET_S` seconds, else places and routes again with router2 (the same placement:
-the seed is fixed); :attr:`SynthResult.router` says which. Placement and routing stay in one run:
+the seed is fixed) for at most :data:`ROUTER2_BUDGET_S`; :attr:`SynthResult.router` says which,
+and a design neither routes in time is reported as not routed (:attr:`SynthResult.routed`),
+with nextpnr's post-placement estimate. Placement and routing stay in one run:
 a placement written with ``--write`` and routed by a second run is packed again on loading, and
 routed so it timed 1 to 17 % slower (fp_add: 139.1 MHz against 162.9 from the same netlist).
 
@@ -96,6 +98,13 @@ CLOCK = "clk"
 #: after 35 minutes, while router2 routed the same placement in 4. The slowest block router1
 #: does route, vector_unit, takes 10 minutes to route, after its placement.
 ROUTER1_BUDGET_S = 40 * 60
+
+#: Seconds the ECP5 flow gives the place-and-route with router2 before it gives up and reports
+#: the design as not routed (:attr:`SynthResult.routed`). router2 does not converge on a design
+#: too congested for the device: on the 8-bank compute tile without its vector unit (78 % of
+#: the 85F's LUTs, 94 % of its DSPs) its overused wires fell to 13,600 in 11 iterations, then
+#: grew again, and router1 had routed 72,000 of 320,000 arcs in 12 minutes, slowing down.
+ROUTER2_BUDGET_S = 40 * 60
 
 _NEXTPNR_ARGS = {
     "ecp5": ["--85k", "--package", "CABGA381", "--speed", "6", "--out-of-context"],
@@ -215,7 +224,8 @@ class SynthResult:
         which has none.
     fmax_mhz : float or None
         Achieved frequency of the ``clk`` clock after place-and-route of the registered harness;
-        None for ``generic``, when the design has no clocked path, or when it does not fit.
+        None for ``generic``, when the design has no clocked path, when it does not fit, or
+        when it was not routed.
     fits : bool
         False when the counted cells exceed the device (:attr:`over`; then there is no
         place-and-route) or nextpnr reports that the harnessed design does not fit it.
@@ -228,6 +238,13 @@ class SynthResult:
         nextpnr router behind ``fmax_mhz``: ``"router1"``, or on ECP5 ``"router2"`` when
         router1 did not finish within :data:`ROUTER1_BUDGET_S` (router2's Fmax is typically
         lower than router1's would be); None without an Fmax.
+    routed : bool
+        False when neither router finished within its budget (:data:`ROUTER1_BUDGET_S`,
+        :data:`ROUTER2_BUDGET_S`): then there is no ``fmax_mhz``, only ``placed_fmax_mhz``.
+    placed_fmax_mhz : float or None
+        nextpnr's estimate of the ``clk`` Fmax after placement, before routing (its delay model,
+        not routed wires): for a design that was not routed, the only figure there is; None
+        without a placement.
     """
 
     block: str
@@ -244,6 +261,8 @@ class SynthResult:
     over: list = field(default_factory=list)
     seconds: float = 0.0
     router: str | None = None
+    routed: bool = True
+    placed_fmax_mhz: float | None = None
 
     def as_dict(self):
         """The result as plain JSON-serialisable data.
@@ -403,6 +422,21 @@ def _cell_counts(stat_path):
     return dict(sorted(cells.items()))
 
 
+#: nextpnr's timing summary line ("Warning:" after routing when the target is missed); its
+#: first one in a log comes after placement.
+_MAX_FREQUENCY = re.compile(
+    r"^(?:Info|Warning): Max frequency for clock '([^']*)': ([0-9.]+) MHz", re.M)
+
+
+def _placed_fmax(log, clock=CLOCK):
+    """nextpnr's post-placement Fmax estimate (MHz) of ``clock`` from its log, or None when the
+    log has none (placement did not finish)."""
+    for match in _MAX_FREQUENCY.finditer(log):
+        if match[1].startswith(clock):
+            return float(match[2])
+    return None
+
+
 def _fmax(report, clock=CLOCK):
     """Achieved Fmax (MHz) of ``clock`` from a nextpnr ``--report`` dictionary.
 
@@ -543,8 +577,16 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
     except subprocess.TimeoutExpired:
         (workdir / "nextpnr.log").replace(workdir / "nextpnr_router1.log")
         router = "router2"
-        returncode, log, command = _run(tool, [*options, "--router", "router2", *design],
-                                        workdir, "nextpnr.log", check=False)
+        try:
+            returncode, log, command = _run(tool, [*options, "--router", "router2", *design],
+                                            workdir, "nextpnr.log", check=False,
+                                            timeout=ROUTER2_BUDGET_S)
+        except subprocess.TimeoutExpired:
+            result.routed = False
+            result.placed_fmax_mhz = _placed_fmax((workdir / "nextpnr.log").read_text(
+                errors="replace"))
+            return _finish(result, workdir, start)
+    result.placed_fmax_mhz = _placed_fmax(log)
     if returncode != 0:
         if _DOES_NOT_FIT.search(log):
             result.fits = False
@@ -580,10 +622,15 @@ def _cell(value):
 
 
 def fmax_text(result, missing="—"):
-    """Fmax of ``result`` for a table: MHz to one decimal, "does not fit", or ``missing`` when
-    there was no place-and-route."""
+    """Fmax of ``result`` for a table: MHz to one decimal, "does not fit", "not routed" (with
+    the placement's estimate when there is one), or ``missing`` when there was no
+    place-and-route."""
     if not result.fits:
         return "does not fit"
+    if not result.routed:
+        if result.placed_fmax_mhz is None:
+            return "not routed"
+        return f"not routed (placed: {result.placed_fmax_mhz:.1f})"
     if result.fmax_mhz is None:
         return missing
     return f"{result.fmax_mhz:.1f}"

@@ -95,8 +95,14 @@ def test_ecp5_fmax_is_one_place_and_route_runs(tmp_path):
                                  "--report", "report.json"], tmp_path, "nextpnr.log")
     report = json.loads((tmp_path / "report.json").read_text())
     fmax = [clock["achieved"] for name, clock in report["fmax"].items() if "clk" in name]
-    assert result.router == "router1"
+    assert result.router == "router1" and result.routed
     assert result.fmax_mhz == pytest.approx(fmax[0])
+    # The estimate nextpnr prints after placing, the first of its timing summaries.
+    summaries = [line for line in (tmp_path / "nextpnr.log").read_text().splitlines()
+                 if "Max frequency for clock 'clk" in line]
+    assert len(summaries) == 2
+    assert result.placed_fmax_mhz == float(summaries[0].split(": ")[2].split()[0])
+    assert float(summaries[1].split(": ")[2].split()[0]) == round(result.fmax_mhz, 2)
 
 
 @pytest.mark.slow
@@ -108,6 +114,19 @@ def test_ecp5_router2_when_router1_runs_out_of_time(tmp_path, monkeypatch):
     assert isinstance(result.fmax_mhz, float) and result.fmax_mhz > 0
     assert (tmp_path / "nextpnr_router1.log").exists()
     assert "Running router2" in (tmp_path / "nextpnr.log").read_text()
+
+
+@pytest.mark.slow
+def test_ecp5_not_routed_when_router2_runs_out_of_time_too(tmp_path, monkeypatch):
+    # Not a hang, not an error: the area stands, the Fmax says why it is missing.
+    import synth.flow
+    monkeypatch.setattr(synth.flow, "ROUTER1_BUDGET_S", 0.01)
+    monkeypatch.setattr(synth.flow, "ROUTER2_BUDGET_S", 0.01)
+    result = synthesize(RoundRobinArbiter(5), name="arbiter5", target="ecp5", workdir=tmp_path)
+    assert result.fits and not result.routed
+    assert result.fmax_mhz is None and result.router is None and result.luts > 0
+    assert synth.flow.fmax_text(result) == "not routed"
+    assert json.loads((tmp_path / "result.json").read_text())["routed"] is False
 
 
 @pytest.mark.slow
@@ -226,6 +245,10 @@ def test_markdown_table_formats_missing_values_and_misfits():
                     lutrams=16, fmax_mhz=319.3867, seconds=3.2),
         SynthResult(block="huge", target="ice40", luts=7753, ffs=8208, carries=1, dsps=0,
                     brams=0, fits=False),
+        SynthResult(block="dense", target="ecp5", luts=40774, ffs=44573, carries=4900,
+                    dsps=148, brams=16, lutrams=1949, routed=False, placed_fmax_mhz=38.9),
+        SynthResult(block="dense", target="ecp5", luts=1, ffs=1, carries=0, dsps=0, brams=0,
+                    lutrams=0, routed=False),
     ]
     lines = markdown_table(results).splitlines()
     assert lines[0] == ("| Block | Target | LUT4 | FF | CCU2/carry | DSP | BRAM | LUT RAM "
@@ -234,6 +257,9 @@ def test_markdown_table_formats_missing_values_and_misfits():
     assert lines[2] == "| arbiter | generic | — | 3 | — | — | — | — | — |"
     assert lines[3] == "| fifo | ecp5 | 1,234 | 7 | 0 | 0 | 0 | 16 | 319.4 |"
     assert lines[4] == "| huge | ice40 | 7,753 | 8,208 | 1 | 0 | 0 | — | does not fit |"
+    assert lines[5] == ("| dense | ecp5 | 40,774 | 44,573 | 4,900 | 148 | 16 | 1,949 "
+                        "| not routed (placed: 38.9) |")
+    assert lines[6] == "| dense | ecp5 | 1 | 1 | 0 | 0 | 0 | 0 | not routed |"
 
 
 class _Multipliers(wiring.Component):
