@@ -9,9 +9,11 @@
   edge port's bound (every flit of the program enters through it, one per cycle).
 - Area and Fmax of one tile on ECP5 (synth/flow.py), unless ``--no-synth``: the default
   tile (with its vector unit it is over the LFE5U-85F's DSPs and LUTs, which the flow says
-  after Yosys) and the tile these meshes simulate, without it (``tile_vector=False``: about
-  50 minutes of place-and-route). Each synthesis runs in a process of its own beside the
-  simulations.
+  after Yosys) and the tile these meshes simulate, without it (``tile_vector=False``). With
+  8 SRAM banks that tile does not route on the 85F: the flow spends its two router budgets
+  (synth/flow.py, about two and a half hours with the two placements) and reports it as not
+  routed, with the placement's estimate. Each synthesis runs in a process of its own beside
+  the simulations, and the simulations' table is written before waiting for them.
 """
 
 import tempfile
