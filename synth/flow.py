@@ -44,7 +44,7 @@ report and one log per tool stay there for inspection. Place-and-route uses a fi
 results are reproducible. On ECP5 nextpnr places and routes with router1 for at most
 :data:`ROUTER1_BUDGET_S` seconds, else places and routes again with router2 (the same placement:
 the seed is fixed) for at most :data:`ROUTER2_BUDGET_S`; :attr:`SynthResult.router` says which,
-and a design neither routes in time is reported as not routed (:attr:`SynthResult.routed`),
+and a design that neither router routes in time is reported as not routed (:attr:`SynthResult.routed`),
 with nextpnr's post-placement estimate. Placement and routing stay in one run:
 a placement written with ``--write`` and routed by a second run is packed again on loading, and
 routed so it timed 1 to 17 % slower (fp_add: 139.1 MHz against 162.9 from the same netlist).
