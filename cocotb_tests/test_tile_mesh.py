@@ -317,14 +317,14 @@ def run_mesh(config, jobs, testcase="mesh_matmul", **extra):
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh_x, mesh_y", [(1, 1), (2, 1)])
 def test_tile_mesh_small(mesh_x, mesh_y):
-    from rtl.config import TesseraConfig
+    from rtl.config import WEIGHT_FORMATS, TesseraConfig
     # 2 × 2 arrays; the default tile is in test_tile_mesh_2x2. Without the vector units,
     # which a matmul does not use and which are most of these tiles' build time.
     # Every format in decode (M = 1) and prefill (M = 32) shapes, then the bad micro-ops
     # among a matmul's, odd M and a full-rate edge, then real rows of SmolLM2's attn_q times
     # the real prompt.
     shapes = [[fmt, m, 1, 256 if fmt == "TQ2_0" else 64, 51, 51]
-              for fmt in ("Q8_0", "Q4_0", "Q4_1", "MXFP4", "TQ2_0") for m in (1, 32)]
+              for fmt in WEIGHT_FORMATS for m in (1, 32)]
     run_mesh(TesseraConfig(mesh_x=mesh_x, mesh_y=mesh_y, array_rows=2, array_cols=2,
                            tile_vector=False),
              [*shapes, ["Q4_1", 1, 2, 64, 51, 51], ["Q4_1", 5, 2, 64, 51, 51, "bad"],
