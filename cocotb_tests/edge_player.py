@@ -4,7 +4,7 @@ long run needs no Python in the simulation loop (cocotb_tests/test_tile_mesh.py,
 The testbench writes the program into ``program_ram.mem`` through VPI before starting, pulses
 ``start``, waits for ``done`` and reads what the edge received from ``capture_ram.mem``. The two
 memories are Verilog (:data:`VERILOG`, to be built with the player). Each entry of both is
-``type`` (2 bits) above 64 bits of data:
+``type`` (2 bits) above :func:`data_bits` of data (64, or the flit width if wider):
 
 ======= ===================================================================================
 type    data
@@ -26,26 +26,31 @@ from amaranth.lib.wiring import In, Out
 from rtl.tile_mesh import TileMesh
 
 
-__all__ = ["EdgePlayer", "HEADER", "WORD", "WAIT", "END", "ENTRY_BITS", "VERILOG"]
+__all__ = ["EdgePlayer", "HEADER", "WORD", "WAIT", "END", "data_bits", "VERILOG"]
 
 HEADER, WORD, WAIT, END = range(4)
-ENTRY_BITS = 66
+
+
+def data_bits(flit_width):
+    """Bits of data in an entry, below its 2-bit type: a word of the edge port, and never fewer
+    than 64 so that a WAIT's fields and a received header fit."""
+    return max(64, flit_width)
 
 
 #: The Verilog of the two memories, for :func:`cocotb_tests.harness.run`'s ``verilog_sources``.
 VERILOG = Path(__file__).with_name("player_ram.v")
 
 
-def _ram(depth, *, raddr, rdata, we=None, waddr=None, wdata=None):
+def _ram(depth, width, *, raddr, rdata, we=None, waddr=None, wdata=None):
     """One ``tessera_player_ram`` (:data:`VERILOG`): ``rdata`` is ``mem[raddr]`` without a
     clock; ``wdata`` is written at ``waddr`` on the clock edge when ``we``."""
     abits = len(raddr)
     return Instance("tessera_player_ram",
-                    p_WIDTH=ENTRY_BITS, p_DEPTH=depth, p_ABITS=abits,
+                    p_WIDTH=width, p_DEPTH=depth, p_ABITS=abits,
                     i_clk=ClockSignal(), i_raddr=raddr, o_rdata=rdata,
                     i_we=Const(0) if we is None else we,
                     i_waddr=Const(0, abits) if waddr is None else waddr,
-                    i_wdata=Const(0, ENTRY_BITS) if wdata is None else wdata)
+                    i_wdata=Const(0, width) if wdata is None else wdata)
 
 
 class EdgePlayer(wiring.Component):
@@ -109,16 +114,17 @@ class EdgePlayer(wiring.Component):
         m.submodules.mesh = mesh = TileMesh(config, tile_module=self._tile_module)
         running = Signal()
         pc = Signal(range(self._program_depth))
-        entry = Signal(ENTRY_BITS)
-        m.submodules.program_ram = _ram(self._program_depth, raddr=pc, rdata=entry)
+        bits = data_bits(config.flit_width)
+        entry = Signal(bits + 2)
+        m.submodules.program_ram = _ram(self._program_depth, bits + 2, raddr=pc, rdata=entry)
         write_addr = Signal(range(self._capture_depth))
         write_en = Signal()
-        write_data = Signal(ENTRY_BITS)
-        m.submodules.capture_ram = _ram(self._capture_depth, raddr=write_addr,
-                                        rdata=Signal(ENTRY_BITS), we=write_en,
+        write_data = Signal(bits + 2)
+        m.submodules.capture_ram = _ram(self._capture_depth, bits + 2, raddr=write_addr,
+                                        rdata=Signal(bits + 2), we=write_en,
                                         waddr=write_addr, wdata=write_data)
         answers = [Signal(32, name=f"answers{t}") for t in range(tiles)]
-        kind, data = entry[64:], entry[:64]
+        kind, data = entry[bits:], entry[:bits]
 
         waiting = Signal()
         target = data[:8]
@@ -155,14 +161,14 @@ class EdgePlayer(wiring.Component):
             write_addr.eq(self.captured),
         ]
         with m.If(mesh.o_header.valid & mesh.o_header.ready):
-            m.d.comb += [write_en.eq(1), write_data.eq((HEADER << 64) | mesh.o_header.payload
+            m.d.comb += [write_en.eq(1), write_data.eq((HEADER << bits) | mesh.o_header.payload
                                                        .as_value())]
             for t in range(tiles):
                 with m.If((header.src_y - 1) * X + (header.src_x - 1) == t):
                     m.d.sync += answers[t].eq(answers[t] + 1)
             m.d.sync += self.captured.eq(self.captured + 1)
         with m.Elif(mesh.o.valid & mesh.o.ready):
-            m.d.comb += [write_en.eq(1), write_data.eq((WORD << 64) | mesh.o.payload.data)]
+            m.d.comb += [write_en.eq(1), write_data.eq((WORD << bits) | mesh.o.payload.data)]
             m.d.sync += self.captured.eq(self.captured + 1)
 
         with m.If(self.start):
