@@ -1072,7 +1072,7 @@ MESHES = list(FLITS)
 
 
 def _network(mesh_x, mesh_y):
-    config = TesseraConfig(mesh_x=mesh_x, mesh_y=mesh_y)    # 64-bit flits, depth 4
+    config = TesseraConfig(mesh_x=mesh_x, mesh_y=mesh_y)    # 128-bit flits, depth 4
     fmt = FlitFormat.from_config(config)
     params = {"mesh_x": mesh_x, "mesh_y": mesh_y, "flit_width": fmt.flit_width,
               "depth": config.buffer_depth}

@@ -292,11 +292,11 @@ def _params(sram):
 
 
 CONFIGS = [
-    TesseraConfig(sram_bank_depth=64),                                       # 8 banks, ECC, xor
+    TesseraConfig(sram_bank_depth=64),                             # 8 banks, 128 bits, ECC, xor
     TesseraConfig(sram_banks=2, sram_bank_depth=32, sram_width=32, sram_ecc=False,
                   sram_interleave="high"),
     TesseraConfig(sram_banks=1, sram_bank_depth=16, sram_width=8),
-    TesseraConfig(sram_banks=4, sram_bank_depth=16, sram_width=128, sram_interleave="low"),
+    TesseraConfig(sram_banks=4, sram_bank_depth=16, sram_width=64, sram_interleave="low"),
 ]
 
 

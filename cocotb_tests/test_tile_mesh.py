@@ -26,25 +26,26 @@ def program_entries(program, offsets, mesh_x, *, items=None, answers=None):
     from sim.mesh_program import Packet, Wait
     from .edge_player import END, HEADER, WAIT, WORD
     h = offsets["header"]
+    b = offsets["data_bits"]
     entries = []
     totals = {}
     for item in program.items if items is None else items:
         if isinstance(item, Wait):
             tile = (item.tile[1] - 1) * mesh_x + item.tile[0] - 1
-            entries.append((WAIT << 64) | tile | (item.answers << 8))
+            entries.append((WAIT << b) | tile | (item.answers << 8))
             continue
         assert isinstance(item, Packet)
         last = item.last if item.multicast else item.dst
         header = _pack({"dst_x": item.dst[0], "dst_y": item.dst[1], "last_x": last[0],
                         "last_y": last[1], "multicast": int(item.multicast),
                         "kind": int(item.kind), "length": len(item.words)}, h)
-        entries.append((HEADER << 64) | header)
-        entries += [(WORD << 64) | int(w) for w in item.words]
+        entries.append((HEADER << b) | header)
+        entries += [(WORD << b) | int(w) for w in item.words]
     for t, *_ in program.sends:
         totals[t] = totals.get(t, 0) + 1
     for t, count in (totals if answers is None else answers).items():
-        entries.append((WAIT << 64) | ((t[1] - 1) * mesh_x + t[0] - 1) | (count << 8))
-    entries.append(END << 64)
+        entries.append((WAIT << b) | ((t[1] - 1) * mesh_x + t[0] - 1) | (count << 8))
+    entries.append(END << b)
     return entries
 
 
@@ -52,11 +53,12 @@ def parse_capture(entries, offsets):
     """(src, kind, words) of every packet the edge player captured."""
     from .edge_player import HEADER
     o = offsets
+    b = o["data_bits"]
     field = lambda value, name: (value >> o["received"][name]) & ((1 << o["bits"][name]) - 1)  # noqa: E731,E501
     packets = []
     i = 0
     while i < len(entries):
-        kind, value = entries[i] >> 64, entries[i] & ((1 << 64) - 1)
+        kind, value = entries[i] >> b, entries[i] & ((1 << b) - 1)
         assert kind == HEADER, f"capture entry {i} is not a header"
         length = field(value, "length")
         words = [e & ((1 << o["width"]) - 1) for e in entries[i + 1:i + 1 + length]]
@@ -279,6 +281,7 @@ async def demo_run(dut):
 def _offsets(fmt):
     from amaranth.hdl import Shape
     from rtl.noc.interface import NetworkInterface
+    from .edge_player import data_bits
     header = fmt.header
     received = NetworkInterface.received_header_layout(fmt)
     return {
@@ -287,6 +290,7 @@ def _offsets(fmt):
                      for name, _ in header},
         "bits": {name: Shape.cast(header[name].shape).width for name, _ in header},
         "width": fmt.flit_width,
+        "data_bits": data_bits(fmt.flit_width),
     }
 
 
@@ -326,7 +330,7 @@ def test_tile_mesh_small(mesh_x, mesh_y):
     shapes = [[fmt, m, 1, 256 if fmt == "TQ2_0" else 64, 51, 51]
               for fmt in WEIGHT_FORMATS for m in (1, 32)]
     run_mesh(TesseraConfig(mesh_x=mesh_x, mesh_y=mesh_y, array_rows=2, array_cols=2,
-                           tile_vector=False),
+                           flit_width=64, sram_width=64, tile_vector=False),
              [*shapes, ["Q4_1", 1, 2, 64, 51, 51], ["Q4_1", 5, 2, 64, 51, 51, "bad"],
               ["MXFP4", 5, 2, 96, 26, 128],
               ["Q8_0", 1, 3, 32, 0, 0], ["TQ2_0", 2, 1, 256, 51, 51],

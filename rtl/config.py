@@ -75,7 +75,10 @@ class TesseraConfig:
         Weight formats the unpacker and array support; a non-empty subset of
         :data:`WEIGHT_FORMATS`, without repeats.
     flit_width : int
-        Width of a NoC flit in bits; a multiple of 8 from 32 to 1024.
+        Width of a NoC flit in bits; a multiple of 8 from 32 to 1024. A tile needs it equal to
+        ``sram_width``. The default, 128, lets the one edge port feed a 2 × 2 mesh of 8 × 8
+        arrays in prefill: at M = 32 those arrays take 10 bytes of 4-bit weights a cycle, more
+        than a 64-bit port carries (docs/tile.md).
     buffer_depth : int
         Depth of each router input buffer (and the stream FIFOs that stand in for it), in
         flits; 1 to 64.
@@ -87,7 +90,8 @@ class TesseraConfig:
         Bits per SRAM word (data, not counting ECC); a multiple of 8 from 8 to 512.
     sram_ecc : bool
         Protect each SRAM word with a SECDED code (a 64-bit word gets 8 check bits, which fill
-        the 72-bit width of two ECP5 DP16KD in 512 × 36 exactly).
+        the 72-bit width of two ECP5 DP16KD in 512 × 36 exactly; a 128-bit word gets 9, in
+        four).
     sram_interleave : str
         One of :data:`SRAM_INTERLEAVES`.
     vector_max_length : int
@@ -108,11 +112,11 @@ class TesseraConfig:
     array_rows: int = 8
     array_cols: int = 8
     weight_formats: tuple = WEIGHT_FORMATS
-    flit_width: int = 64
+    flit_width: int = 128
     buffer_depth: int = 4
     sram_banks: int = 8
     sram_bank_depth: int = 512
-    sram_width: int = 64
+    sram_width: int = 128
     sram_ecc: bool = True
     sram_interleave: str = "xor"
     vector_max_length: int = 16384

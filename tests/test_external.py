@@ -34,6 +34,7 @@ def _instance(component):
 
 @pytest.mark.parametrize("make", [lambda: StreamFIFO(12, 4),
                                   lambda: Tile(TesseraConfig(array_rows=2, array_cols=2,
+                                                             flit_width=64, sram_width=64,
                                                              tile_vector=False))],
                          ids=["fifo", "tile"])
 def test_instance_ports_are_the_converted_modules(make):
@@ -50,14 +51,14 @@ def test_instance_ports_are_the_converted_modules(make):
 
 
 def test_tile_signature_for_is_the_tiles():
-    config = TesseraConfig(array_rows=2, array_cols=2)
+    config = TesseraConfig(array_rows=2, array_cols=2, flit_width=64, sram_width=64)
     assert Tile.signature_for(config) == Tile(config).signature
 
 
 def test_tile_signature_for_checks_the_configuration():
-    with pytest.raises(ValueError, match=r"^Tile needs flit_width equal to sram_width, not 64 "
-                                         r"and 128$"):
-        Tile.signature_for(TesseraConfig(sram_width=128))
+    with pytest.raises(ValueError, match=r"^Tile needs flit_width equal to sram_width, not 128 "
+                                         r"and 64$"):
+        Tile.signature_for(TesseraConfig(sram_width=64))
 
 
 def test_parameters_are_checked():

@@ -254,13 +254,13 @@ def test_fields_must_fit():
 
 def test_tile_parameters_are_checked():
     from rtl.tiles.tile import Tile
-    with pytest.raises(ValueError, match=r"^Tile needs flit_width equal to sram_width, not 128 "
-                                         r"and 64$"):
-        Tile(TesseraConfig(flit_width=128))
+    with pytest.raises(ValueError, match=r"^Tile needs flit_width equal to sram_width, not 64 "
+                                         r"and 128$"):
+        Tile(TesseraConfig(flit_width=64))
     with pytest.raises(ValueError, match=r"^Tile needs array_rows·8 ≤ sram_width and "
                                          r"array_rows·32 a multiple of sram_width, not "
-                                         r"array_rows 12 and sram_width 64$"):
-        Tile(TesseraConfig(array_rows=12))
+                                         r"array_rows 3 and sram_width 128$"):
+        Tile(TesseraConfig(array_rows=3))
 
 
 def test_edge_interface_takes_an_edge_endpoint():
