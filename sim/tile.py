@@ -18,9 +18,9 @@ DONE      3    ``tag``: when every earlier micro-op has finished, send a DONE pa
                ``tag`` back to the micro-op's sender
 VECTOR    4    ``op | gated | length | limit``; ``a_addr | b_addr``; ``y_addr``; ``k1 | k2``:
                one pass of the vector unit (sim/vector.py ``Command``) over ``length``
-               binary32 elements, one per word (its low half), from ``a_addr`` (and
-               ``b_addr``); a writing pass puts its results at ``y_addr`` on, the high
-               halves zero. The unit's registers (MEAN, SCALE, MAX) persist between VECTORs.
+               binary32 elements, one per word (its bits 0–31), from ``a_addr`` (and
+               ``b_addr``); a writing pass puts its results at ``y_addr`` on, the other
+               bits zero. The unit's registers (MEAN, SCALE, MAX) persist between VECTORs.
                A tile built without a vector unit answers it as an unknown micro-op.
 ERROR     15   (sent by a tile) the error flags and the offending micro-op's kind
 ========= ==== ============================================================================
@@ -120,7 +120,9 @@ def unpack_fields(kind, words):
 
 @dataclass(frozen=True)
 class TileGeometry:
-    """What a tile is built with: its array and its SRAM."""
+    """What a tile is built with: its array and its SRAM. The defaults are a tile of 64-bit
+    words, which the model's tests are written for; :meth:`from_config` gives a
+    configuration's (the default configuration's words are 128 bits)."""
     rows: int = 8
     cols: int = 8
     words: int = 4096               # sram_banks · sram_bank_depth
