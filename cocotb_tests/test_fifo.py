@@ -104,9 +104,9 @@ from tests.mutants import FickleFIFO, OverrunFIFO  # noqa: E402
 
 
 CONFIGS = [
-    TesseraConfig(),                                    # 64 bits x 4
+    TesseraConfig(),                                    # 128 bits x 4
     TesseraConfig(flit_width=32, buffer_depth=1),       # the one-entry corner
-    TesseraConfig(flit_width=128, buffer_depth=5),      # depth not a power of two
+    TesseraConfig(flit_width=64, buffer_depth=5),       # depth not a power of two
     TesseraConfig(flit_width=40, buffer_depth=16),
 ]
 

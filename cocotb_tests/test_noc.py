@@ -1,6 +1,6 @@
 """The network (mesh + one interface per tile) under Verilator: a scoreboard of every packet.
 
-``noc_scoreboard`` (2x2, 4x4 and 3x2 meshes, 64-bit flits, depth 4, at least 100,000 flits a
+``noc_scoreboard`` (2x2, 4x4 and 3x2 meshes, 128-bit flits, depth 4, at least 100,000 flits a
 run, 40,000 on the 4x4): every tile's interface sends random messages (unicast to tiles and to the endpoints
 beyond the edges, multicast rectangles; lengths 0-8 words, some up to 128) while endpoints on
 a random half of the edge inputs inject well-formed packets through the raw credit links
