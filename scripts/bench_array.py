@@ -85,7 +85,7 @@ def synthesize_sizes(progress=True):
 
 def _utilisation_table(rows, config):
     lines = [
-        f"| Phase | Format | M × N × K | Cycles | MAC utilisation | Weight-stream roofline |",
+        "| Phase | Format | M × N × K | Cycles | MAC utilisation | Weight-stream roofline |",
         "|---|---|---|---:|---:|---:|",
     ]
     for r in rows:
