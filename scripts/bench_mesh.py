@@ -14,6 +14,7 @@
   (synth/flow.py, about two and a half hours with the two placements) and reports it as not
   routed, with the placement's estimate. Each synthesis runs in a process of its own beside
   the simulations, and the simulations' table is written before waiting for them.
+  ``--no-pnr`` stops both syntheses after Yosys: the tiles' area in minutes, without Fmax.
 """
 
 import tempfile
@@ -92,18 +93,19 @@ TILES = (("tile", TesseraConfig()),
          ("tile_no_vector", TesseraConfig(tile_vector=False)))
 
 
-def synthesize_tile(name, config):
-    """SynthResult of a tile on ECP5."""
+def synthesize_tile(name, config, place_and_route=True):
+    """SynthResult of a tile on ECP5 (only Yosys's counts without ``place_and_route``)."""
     from rtl.tiles.tile import Tile
     from synth.flow import synthesize
-    return synthesize(Tile(config), name=name, target="ecp5")
+    return synthesize(Tile(config), name=name, target="ecp5", place_and_route=place_and_route)
 
 
-def run(progress=True, synthesis=True, meshes=MESHES):
+def run(progress=True, synthesis=True, meshes=MESHES, place_and_route=True):
     from concurrent.futures import ProcessPoolExecutor
     start = time.monotonic()
     with ProcessPoolExecutor(max_workers=len(TILES)) as pool:
-        pending = [pool.submit(synthesize_tile, *tile) for tile in TILES] if synthesis else []
+        pending = ([pool.submit(synthesize_tile, *tile, place_and_route) for tile in TILES]
+                   if synthesis else [])
         results = simulate(meshes, progress)
         if pending:
             # The tile's place-and-route can outlast the simulations by an hour: their table
@@ -113,15 +115,16 @@ def run(progress=True, synthesis=True, meshes=MESHES):
                 print(f"simulations written to {OUTPUT.relative_to(REPO)}; waiting for the "
                       f"tiles' synthesis", flush=True)
         area = [future.result() for future in pending]
-    text = report(results, area, time.monotonic() - start)
+    text = report(results, area, time.monotonic() - start, place_and_route=place_and_route)
     OUTPUT.write_text(text)
     return text
 
 
-def report(results, area, seconds, pending=False):
+def report(results, area, seconds, pending=False, place_and_route=True):
     """The text of docs/tile_performance.md: ``results`` of :func:`simulate`, ``area`` a
     list of SynthResult (empty without synthesis), ``seconds`` the benchmark's time;
-    ``pending`` says the tiles' synthesis is still running."""
+    ``pending`` says the tiles' synthesis is still running; without ``place_and_route`` the
+    area is Yosys's alone."""
     from synth.flow import markdown_table
     config = TesseraConfig()
     lines = [
@@ -170,6 +173,10 @@ def report(results, area, seconds, pending=False):
                   "LFE5U-85F-6, out of context, registers on every port (synth/flow.py). "
                   "`tile` is the default tile; `tile_no_vector` is the tile with "
                   "`tile_vector=False`, the one these meshes simulate.", ""]
+        if not place_and_route:
+            lines += ["Yosys's counts only (`--no-pnr`), so no Fmax: the place-and-route of "
+                      "`tile_no_vector` takes hours, and with 8 SRAM banks it did not route "
+                      "on the 85F (docs/tile.md).", ""]
         over = [f"- {r.block}: {', '.join(r.over)}" for r in area if r.over]
         if over:
             lines += ["Over the device's capacity after Yosys (so no place-and-route):", "",

@@ -11,7 +11,7 @@
     tessera bench array                                    regenerate docs/mac_array_performance.md
     tessera bench noc                                      regenerate docs/noc_performance.md
     tessera bench vector [--no-synth]                      regenerate docs/vector_performance.md
-    tessera bench mesh [--no-synth]                        regenerate docs/tile_performance.md
+    tessera bench mesh [--no-synth | --no-pnr]             regenerate docs/tile_performance.md
     tessera demo                                           the main job on the default configuration
 """
 
@@ -153,8 +153,8 @@ def cmd_bench(args):
         print(f"wrote {bench_vector.OUTPUT.relative_to(REPO)}", file=sys.stderr)
     elif args.block == "mesh":
         from scripts import bench_mesh
-        print(bench_mesh.run(progress=sys.stderr.isatty(), synthesis=not args.no_synth),
-              end="")
+        print(bench_mesh.run(progress=sys.stderr.isatty(), synthesis=not args.no_synth,
+                             place_and_route=not args.no_pnr), end="")
         print(f"wrote {bench_mesh.OUTPUT.relative_to(REPO)}", file=sys.stderr)
 
 
@@ -193,6 +193,9 @@ def main(argv=None):
     p.add_argument("--no-synth", action="store_true",
                    help="vector, mesh: skip the ECP5 synthesis (half an hour or more) and its "
                         "table")
+    p.add_argument("--no-pnr", action="store_true",
+                   help="mesh: synthesize the tiles with Yosys only: their area in minutes, "
+                        "no Fmax (the place-and-route takes hours)")
     p.set_defaults(func=cmd_bench)
 
     with_set(sub.add_parser("demo", help="the main job: SmolLM2 matmuls on the tile mesh in "

@@ -40,6 +40,21 @@ def test_report_lists_what_is_over_and_the_demo_reads_both_tiles(tmp_path):
     assert rows["tile_no_vector"][1:6] == ("39,303", "43,271", "148", "16", "40.5")
 
 
+def test_report_of_yosys_counts_says_there_is_no_fmax(tmp_path):
+    big, _ = _tiles()
+    counted = SynthResult("tile_no_vector", "ecp5", luts=48_238, ffs=47_410, carries=4_972,
+                          dsps=148, brams=32, lutrams=2_105)
+    text = bench_mesh.report({}, [big, counted], 7.0, place_and_route=False)
+    lines = text.splitlines()
+    assert ("| tile_no_vector | ecp5 | 48,238 | 47,410 | 4,972 | 148 | 32 | 2,105 "
+            "| — |") in lines
+    assert any(line.startswith("Yosys's counts only (`--no-pnr`), so no Fmax") for line in lines)
+    assert "Yosys's counts only" not in bench_mesh.report({}, [big, counted], 7.0)
+    (tmp_path / "tile_performance.md").write_text(text)
+    rows = {row[0]: row for row in demo.area_rows(tmp_path)}
+    assert rows["tile_no_vector"][1:6] == ("48,238", "47,410", "148", "32", "—")
+
+
 def test_report_without_synthesis_has_no_area_section():
     text = bench_mesh.report({}, [], 3.0)
     assert "## One tile on ECP5" not in text
