@@ -12,8 +12,10 @@
   after Yosys) and the tile these meshes simulate, without it (``tile_vector=False``). With
   8 SRAM banks that tile does not route on the 85F: the flow spends its two router budgets
   (synth/flow.py, about two and a half hours with the two placements) and reports it as not
-  routed, with the placement's estimate. Each synthesis runs in a process of its own beside
-  the simulations, and the simulations' table is written before waiting for them.
+  routed, with the placement's estimate. The two syntheses run after the simulations, in a
+  process each, so that the simulations' cycles per second are measured on an otherwise idle
+  machine (beside two Yosys processes on two cores they measured a fifth of that); the
+  simulations' table is written before the syntheses start.
   ``--no-pnr`` stops both syntheses after Yosys: the tiles' area in minutes, without Fmax.
 """
 
@@ -103,18 +105,18 @@ def synthesize_tile(name, config, place_and_route=True):
 def run(progress=True, synthesis=True, meshes=MESHES, place_and_route=True):
     from concurrent.futures import ProcessPoolExecutor
     start = time.monotonic()
-    with ProcessPoolExecutor(max_workers=len(TILES)) as pool:
-        pending = ([pool.submit(synthesize_tile, *tile, place_and_route) for tile in TILES]
-                   if synthesis else [])
-        results = simulate(meshes, progress)
-        if pending:
-            # The tile's place-and-route can outlast the simulations by an hour: their table
-            # is written now, so that a run stopped while it waits keeps them.
-            OUTPUT.write_text(report(results, [], time.monotonic() - start, pending=True))
-            if progress:
-                print(f"simulations written to {OUTPUT.relative_to(REPO)}; waiting for the "
-                      f"tiles' synthesis", flush=True)
-        area = [future.result() for future in pending]
+    results = simulate(meshes, progress)
+    area = []
+    if synthesis:
+        # The tile's place-and-route takes hours: the simulations' table is written now, so
+        # that a run stopped while it waits keeps them.
+        OUTPUT.write_text(report(results, [], time.monotonic() - start, pending=True))
+        if progress:
+            print(f"simulations written to {OUTPUT.relative_to(REPO)}; synthesizing the tiles",
+                  flush=True)
+        with ProcessPoolExecutor(max_workers=len(TILES)) as pool:
+            pending = [pool.submit(synthesize_tile, *tile, place_and_route) for tile in TILES]
+            area = [future.result() for future in pending]
     text = report(results, area, time.monotonic() - start, place_and_route=place_and_route)
     OUTPUT.write_text(text)
     return text
