@@ -2,7 +2,7 @@
 (scripts/demo.py), on made-up synthesis results: no simulation, no synthesis."""
 
 from scripts import bench_mesh, demo
-from synth.flow import SynthResult, overuse
+from synth.flow import SynthResult, markdown_table, overuse
 
 
 def _tiles():
@@ -32,9 +32,16 @@ def test_report_lists_what_is_over_and_the_demo_reads_both_tiles(tmp_path):
     # The SRAM's row comes from its own benchmark's table, not from area.md's.
     (tmp_path / "sram_performance.md").write_text(
         "| sram_ecc | ecp5 | 3,976 | 3,199 | 72 | 0 | 16 | 52 | 88.2 |\n")
-    (tmp_path / "area.md").write_text("| sram | ecp5 | 1 | 2 | 3 | 0 | 16 | 0 | 999.0 |\n")
+    (tmp_path / "area.md").write_text(markdown_table([
+        SynthResult("sram", "ecp5", luts=1, ffs=2, carries=3, dsps=0, brams=16, lutrams=0,
+                    fmax_mhz=999.0),
+        SynthResult("unpack", "ecp5", luts=2_457, ffs=1_017, carries=22, dsps=0, brams=0,
+                    lutrams=76, fmax_mhz=132.1, abc9_dff=True)]))
     rows = {row[0]: row for row in demo.area_rows(tmp_path)}
     assert "sram" not in rows
+    # A block the flow mapped with -dff keeps its row, and says so.
+    assert rows["unpack"][1:] == ("2,457", "1,017", "0", "0", "132.1",
+                                  "area.md (synth_ecp5 -dff)")
     assert rows["sram_ecc"][1:6] == ("3,976", "3,199", "0", "16", "88.2")
     assert rows["tile"][1:6] == ("85,000", "60,000", "252", "16", "does not fit")
     assert rows["tile_no_vector"][1:6] == ("39,303", "43,271", "148", "16", "40.5")
