@@ -142,7 +142,7 @@ def synthesize_stages(config, progress=True, names=STAGES):
 
 
 def run(progress=True):
-    from synth.flow import fmax_text
+    from synth.flow import ABC9_DFF_NOTE, block_cell, fmax_text
     config = TesseraConfig()
     start = time.monotonic()
     unpacker, unpack_rows = unpack_throughput(config)
@@ -216,8 +216,10 @@ def run(progress=True):
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in synthesis:
-        lines.append(f"| {name} | {r.luts:,} | {r.ffs:,} | {r.carries:,} | {r.dsps} | "
-                     f"{r.brams} | {r.lutrams:,} | {fmax_text(r)} |")
+        lines.append(f"| {block_cell(r, name)} | {r.luts:,} | {r.ffs:,} | {r.carries:,} | "
+                     f"{r.dsps} | {r.brams} | {r.lutrams:,} | {fmax_text(r)} |")
+    if any(r.abc9_dff for _, r in synthesis):
+        lines += ["", ABC9_DFF_NOTE]
     lines += ["", f"Measured in {time.monotonic() - start:.0f} s.", ""]
     text = "\n".join(lines)
     OUTPUT.write_text(text)

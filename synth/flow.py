@@ -677,6 +677,13 @@ ABC9_DFF_NOTE = ("\\* Mapped with `synth_ecp5 -dff`: Yosys's ABC9 died without a
                  "`synth_abc9_failed.log`.")
 
 
+def block_cell(result, name=None):
+    """A table's block name for ``result`` (``name`` if given, else its own), starred when it
+    was mapped with ``synth_ecp5 -dff``; a table with a star ends with :data:`ABC9_DFF_NOTE`."""
+    name = result.block if name is None else name
+    return f"{name}\\*" if result.abc9_dff else name
+
+
 def markdown_table(results):
     """A GitHub Markdown table of ``results``, one row each, in the order given.
 
@@ -698,8 +705,7 @@ def markdown_table(results):
     ]
     for r in results:
         fmax = fmax_text(r)
-        block = f"{r.block}\\*" if r.abc9_dff else r.block
-        lines.append(f"| {block} | {r.target} | {_cell(r.luts)} | {_cell(r.ffs)} | "
+        lines.append(f"| {block_cell(r)} | {r.target} | {_cell(r.luts)} | {_cell(r.ffs)} | "
                      f"{_cell(r.carries)} | {_cell(r.dsps)} | {_cell(r.brams)} | "
                      f"{_cell(r.lutrams)} | {fmax} |")
     if any(r.abc9_dff for r in results):

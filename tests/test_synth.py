@@ -16,8 +16,8 @@ from amaranth.sim import Simulator
 from rtl.arbiter import RoundRobinArbiter
 from rtl.blocks import build_block
 from rtl.config import TesseraConfig
-from synth.flow import (ABC9_DFF_NOTE, SynthResult, _Harness, _run, abc_died, markdown_table,
-                        overuse, synthesize)
+from synth.flow import (ABC9_DFF_NOTE, SynthResult, _Harness, _run, abc_died, block_cell,
+                        markdown_table, overuse, synthesize)
 
 
 class _Passthrough(wiring.Component):
@@ -284,6 +284,9 @@ def test_markdown_table_marks_a_block_mapped_with_dff():
     assert lines[3].startswith("| fifo | ecp5 |")
     assert lines[4:] == ["", ABC9_DFF_NOTE]
     assert ABC9_DFF_NOTE.startswith("\\* ") and "-dff" in ABC9_DFF_NOTE
+    # Benchmarks that name their rows themselves star them the same way.
+    assert block_cell(results[0], "unpack_16") == "unpack_16\\*"
+    assert block_cell(results[1], "fifo_4") == "fifo_4"
 
 
 def test_markdown_table_formats_missing_values_and_misfits():
