@@ -142,7 +142,7 @@ def synthesize_stages(config, progress=True, names=STAGES):
 
 
 def run(progress=True):
-    from synth.flow import ABC9_DFF_NOTE, block_cell, fmax_text
+    from synth.flow import block_cell, dff_note, fmax_text
     config = TesseraConfig()
     start = time.monotonic()
     unpacker, unpack_rows = unpack_throughput(config)
@@ -218,8 +218,7 @@ def run(progress=True):
     for name, r in synthesis:
         lines.append(f"| {block_cell(r, name)} | {r.luts:,} | {r.ffs:,} | {r.carries:,} | "
                      f"{r.dsps} | {r.brams} | {r.lutrams:,} | {fmax_text(r)} |")
-    if any(r.abc9_dff for _, r in synthesis):
-        lines += ["", ABC9_DFF_NOTE]
+    lines += dff_note([r for _, r in synthesis])
     lines += ["", f"Measured in {time.monotonic() - start:.0f} s.", ""]
     text = "\n".join(lines)
     OUTPUT.write_text(text)

@@ -117,6 +117,8 @@ def area_rows(docs=REPO / "docs"):
     """ECP5 rows (block, LUT4, FF, DSP, BRAM, Fmax, source) of the mesh's blocks, from the
     generated docs tables in ``docs`` (``| Block | Target | LUT4 | FF | CCU2 | DSP | BRAM |
     LUT RAM | Fmax |``)."""
+    from synth.flow import DFF_MARK
+
     def table_rows(path):
         for line in path.read_text().splitlines():
             yield [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
@@ -133,8 +135,8 @@ def area_rows(docs=REPO / "docs"):
         if not path.exists():
             continue
         for cells in table_rows(path):
-            # A starred block was mapped with `synth_ecp5 -dff` (synth.flow.ABC9_DFF_NOTE).
-            block = cells[0].removesuffix("\\*")
+            # A marked block was mapped with `synth_ecp5 -dff` (synth.flow.ABC9_DFF_NOTE).
+            block = cells[0].removesuffix(DFF_MARK)
             if len(cells) == 9 and block in names and cells[1] == "ecp5":
                 source = f"{doc} (synth_ecp5 -dff)" if block != cells[0] else doc
                 rows.append((block, cells[2], cells[3], cells[5], cells[6], cells[8], source))

@@ -670,18 +670,28 @@ def fmax_text(result, missing="—"):
     return f"{result.fmax_mhz:.1f}"
 
 
-#: The note under a table with a block that :func:`synthesize` mapped with ``synth_ecp5 -dff``.
-ABC9_DFF_NOTE = ("\\* Mapped with `synth_ecp5 -dff`: Yosys's ABC9 died without a message on "
-                 "this block's netlist (Yosys 0.70 as YoWASP ships it), not with `-dff`, which "
-                 "also hands ABC9 the flip-flops; the first log is kept as "
+#: What follows a block's name in a Markdown table when :func:`synthesize` mapped it with
+#: ``synth_ecp5 -dff``: an asterisk, escaped.
+DFF_MARK = "\\*"
+
+#: The note under a table with such a block.
+ABC9_DFF_NOTE = (f"{DFF_MARK} Mapped with `synth_ecp5 -dff`: Yosys's ABC9 died without a "
+                 "message on this block's netlist (Yosys 0.70 as YoWASP ships it), not with "
+                 "`-dff`, which also hands ABC9 the flip-flops; the first log is kept as "
                  "`synth_abc9_failed.log`.")
 
 
 def block_cell(result, name=None):
-    """A table's block name for ``result`` (``name`` if given, else its own), starred when it
-    was mapped with ``synth_ecp5 -dff``; a table with a star ends with :data:`ABC9_DFF_NOTE`."""
+    """A table's block name for ``result`` (``name`` if given, else its own), followed by
+    :data:`DFF_MARK` when it was mapped with ``synth_ecp5 -dff``."""
     name = result.block if name is None else name
-    return f"{name}\\*" if result.abc9_dff else name
+    return f"{name}{DFF_MARK}" if result.abc9_dff else name
+
+
+def dff_note(results):
+    """The lines that end a table of ``results``: a blank line and :data:`ABC9_DFF_NOTE` when
+    a row carries :data:`DFF_MARK`, else none."""
+    return ["", ABC9_DFF_NOTE] if any(r.abc9_dff for r in results) else []
 
 
 def markdown_table(results):
@@ -708,6 +718,5 @@ def markdown_table(results):
         lines.append(f"| {block_cell(r)} | {r.target} | {_cell(r.luts)} | {_cell(r.ffs)} | "
                      f"{_cell(r.carries)} | {_cell(r.dsps)} | {_cell(r.brams)} | "
                      f"{_cell(r.lutrams)} | {fmax} |")
-    if any(r.abc9_dff for r in results):
-        lines += ["", ABC9_DFF_NOTE]
+    lines += dff_note(results)
     return "\n".join(lines) + "\n"
